@@ -1,0 +1,177 @@
+"""Flax linen layers with score-masked, binarised kernels, and their initialisers (SPEC 1, 3, 4).
+
+Variable collections (GUIDE.md):
+
+* ``params``  -- what an optimizer may train: ``scores`` (biprop / edgepopup), ``kernel``
+  (dense / binary_trained baselines), BatchNorm ``scale``/``bias`` when affine.
+* ``frozen``  -- the random weights ``weight`` of the subnetwork modes. They are created
+  once from the ``params`` PRNG stream at ``init`` and never enter the optimizer.
+* ``batch_stats`` -- BatchNorm running statistics.
+* ``pruning`` -- only with ``pruning="global"``: the scalar ``threshold`` tau of every
+  layer, written by the training step before each forward pass (SPEC 1.7).
+
+Kernel modes:
+
+* ``biprop``          alpha * sign(W) * M (MPT, SPEC 1)
+* ``edgepopup``       W * M (edge-popup baseline, paper appendix E)
+* ``dense``           ordinary trained weights (full-precision baseline)
+* ``binary_trained``  latent trained weights binarised to alpha * sign(W) with a
+                      straight-through estimator (trained binary-weight baseline)
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mpt_jax import ops
+
+MODES = ("biprop", "edgepopup", "dense", "binary_trained")
+INITS = ("kaiming_normal", "signed_constant", "unsigned_constant")
+FAN_MODES = ("fan_in", "fan_out")
+SCALE_FAN = ("none", "reference", "kept")
+PRUNING = ("layerwise", "global")
+RELU_GAIN = math.sqrt(2.0)  # SPEC 3: nonlinearity must be relu, also for BinAct models
+
+
+def _choice(name: str, value: str, valid: Sequence[str]) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid values: {', '.join(valid)}")
+    return value
+
+
+def fans(shape: Sequence[int]) -> tuple[int, int]:
+    """(fan_in, fan_out) of a kernel in HWIO (conv) or (in, out) (dense) layout."""
+    receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def weight_std(shape: Sequence[int], keep_fraction: float, fan_mode: str = "fan_in",
+               scale_fan: str | bool = "none", gain: float = RELU_GAIN) -> float:
+    """sigma = gain / sqrt(fan) of SPEC 3, with the optional fan scaling.
+
+    ``scale_fan``: "none" (the configs' "u*" inits), "reference" (fan * (1 - k): what the
+    reference code does and what produced the paper's numbers, SPEC 8 item 8) or "kept"
+    (fan * k: the variance-preserving intent). ``True`` means "reference".
+    """
+    if scale_fan is True:
+        scale_fan = "reference"
+    elif scale_fan is False or scale_fan is None:
+        scale_fan = "none"
+    _choice("scale_fan", scale_fan, SCALE_FAN)
+    fan_in, fan_out = fans(shape)
+    fan = fan_in if _choice("fan_mode", fan_mode, FAN_MODES) == "fan_in" else fan_out
+    if scale_fan == "reference":
+        if keep_fraction >= 1.0:
+            raise ValueError("scale_fan='reference' multiplies the fan by (1 - keep_fraction), "
+                             "which is 0 at keep_fraction=1; use scale_fan='none' or 'kept'")
+        fan = fan * (1.0 - keep_fraction)
+    elif scale_fan == "kept":
+        fan = fan * keep_fraction
+    return gain / math.sqrt(fan)
+
+
+def random_weight_init(init: str = "kaiming_normal", keep_fraction: float = 1.0,
+                       fan_mode: str = "fan_in", scale_fan: str | bool = "none") -> Callable:
+    """Initialiser ``fn(key, shape, dtype)`` for the random weights W (SPEC 3)."""
+    _choice("init", init, INITS)
+
+    def fn(key, shape, dtype=jnp.float32):
+        std = weight_std(shape, keep_fraction, fan_mode, scale_fan)
+        if init == "kaiming_normal":
+            return std * jax.random.normal(key, shape, dtype)
+        if init == "signed_constant":
+            # Any fair +-1 draw is equivalent to the reference's sign of a uniform (SPEC 8.9).
+            return std * jax.random.rademacher(key, shape, dtype)
+        return jnp.full(shape, std, dtype)  # unsigned_constant
+
+    return fn
+
+
+def score_init(key, shape, dtype=jnp.float32):
+    """Scores ~ U(-b, b), b = 1/sqrt(fan_in) from the tensor shape (SPEC 1.1)."""
+    bound = 1.0 / math.sqrt(fans(shape)[0])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class _KernelLayer(nn.Module):
+    """Shared kernel logic of BipropConv / BipropDense (not used directly)."""
+
+    mode: str = "biprop"
+    keep_fraction: float = 0.5
+    weight_init: str = "kaiming_normal"
+    fan_mode: str = "fan_in"
+    scale_fan: str | bool = "none"
+    pruning: str = "layerwise"
+    dtype: Any = jnp.float32  # compute dtype; variables are always float32
+
+    def effective_kernel(self, shape: Sequence[int]) -> jax.Array:
+        mode = _choice("mode", self.mode, MODES)
+        _choice("pruning", self.pruning, PRUNING)
+        ops.validate_keep_fraction(self.keep_fraction)
+        w_init = random_weight_init(self.weight_init, self.keep_fraction, self.fan_mode, self.scale_fan)
+        if mode in ("dense", "binary_trained"):
+            kernel = self.param("kernel", w_init, tuple(shape), jnp.float32)
+            return kernel if mode == "dense" else ops.binary_weight(kernel)
+        weight = self.variable("frozen", "weight",
+                               lambda: w_init(self.make_rng("params"), tuple(shape))).value
+        scores = self.param("scores", score_init, tuple(shape), jnp.float32)
+        binarize = mode == "biprop"
+        if self.pruning == "global":
+            tau = self.variable("pruning", "threshold", lambda: jnp.array(-jnp.inf)).value
+            return ops.threshold_kernel(weight, scores, tau, binarize)
+        if binarize:
+            return ops.biprop_kernel(weight, scores, self.keep_fraction)
+        return ops.edgepopup_kernel(weight, scores, self.keep_fraction)
+
+
+class BipropConv(_KernelLayer):
+    """Bias-free 2-D convolution (NHWC input, HWIO kernel) with a score-masked kernel.
+
+    Padding is explicit and symmetric (default (k - 1) // 2 per side), matching PyTorch
+    also for stride 2, where XLA's "SAME" would pad (0, 1) (SPEC 8 item 25).
+    """
+
+    features: int = 1
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        ks = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+        st = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+        pads = [((k - 1) // 2,) * 2 for k in ks] if self.padding is None else [(self.padding,) * 2] * 2
+        kernel = self.effective_kernel((*ks, x.shape[-1], self.features))
+        return jax.lax.conv_general_dilated(
+            x.astype(self.dtype), kernel.astype(self.dtype), window_strides=st, padding=pads,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class BipropDense(_KernelLayer):
+    """Bias-free dense layer (kernel (in, out)) with a score-masked kernel.
+
+    The reference implements fully connected layers as 1x1 convolutions; the counts, fans
+    and initialisations are identical.
+    """
+
+    features: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.effective_kernel((x.shape[-1], self.features))
+        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+def batch_norm(train: bool, affine: bool = False, dtype: Any = jnp.float32, name: str | None = None):
+    """PyTorch-equivalent BatchNorm (SPEC 4.1): momentum 0.9, eps 1e-5, global-batch stats.
+
+    Non-affine (no scale/bias at all) by default; ``affine=True`` for "+BN" and the dense
+    baselines. Statistics are computed in float32 whatever the compute dtype.
+    """
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        use_scale=affine, use_bias=affine, dtype=dtype,
+                        param_dtype=jnp.float32, name=name)

@@ -1,0 +1,78 @@
+"""What every model shares: the kernel options of SPEC 1/3/4 and the layer factories."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mpt_jax import layers, ops
+
+
+class ScoreNet(nn.Module):
+    """Base class of the model zoo. Subclasses implement ``__call__(x, train)``.
+
+    Options shared by every model (``get_model(name, **options)``):
+      mode            biprop | edgepopup | dense | binary_trained
+      keep_fraction   fraction of weights KEPT per layer, in (0, 1]
+      weight_init     kaiming_normal | signed_constant | unsigned_constant (SPEC 3)
+      fan_mode        fan_in | fan_out
+      scale_fan       none | reference (fan * (1 - k)) | kept (fan * k)
+      pruning         layerwise | global (SPEC 1.7)
+      bn_affine       affine BatchNorm ("+BN"); default False (non-affine, SPEC 4.1)
+      num_classes     classifier outputs
+      dtype           compute dtype (jnp.float32 or jnp.bfloat16); variables stay float32
+    The classifier and the first layer are pruned and binarised like every other layer.
+    """
+
+    mode: str = "biprop"
+    keep_fraction: float = 0.5
+    weight_init: str = "kaiming_normal"
+    fan_mode: str = "fan_in"
+    scale_fan: Any = "none"
+    pruning: str = "layerwise"
+    bn_affine: bool = False
+    num_classes: int = 10
+    dtype: Any = jnp.float32
+    binary_activations: bool = False  # set by the `_binact` registry entries (MPT-1/1)
+
+    def _kernel_options(self) -> dict:
+        return dict(mode=self.mode, keep_fraction=self.keep_fraction,
+                    weight_init=self.weight_init, fan_mode=self.fan_mode,
+                    scale_fan=self.scale_fan, pruning=self.pruning, dtype=self.dtype)
+
+    def conv(self, features: int, kernel_size: int = 3, strides: int = 1, name: str | None = None,
+             padding: int | None = None):
+        return layers.BipropConv(features=features, kernel_size=kernel_size, strides=strides,
+                                 padding=padding, name=name, **self._kernel_options())
+
+    def dense(self, features: int, name: str | None = None):
+        return layers.BipropDense(features=features, name=name, **self._kernel_options())
+
+    def norm(self, train: bool, name: str | None = None):
+        # The dense / binary_trained baselines learn their BN like ordinary networks.
+        affine = self.bn_affine or self.mode in ("dense", "binary_trained")
+        return layers.batch_norm(train, affine=affine, dtype=self.dtype, name=name)
+
+    def act(self, x: jax.Array) -> jax.Array:
+        return ops.binary_activation(x) if self.binary_activations else nn.relu(x)
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        return x.astype(jnp.float32)
+
+
+def max_pool(x, window: int, stride: int, padding: int = 0):
+    """Max pooling with explicit symmetric padding by -inf (SPEC 5.0 MP2 / MP3)."""
+    pads = ((padding, padding), (padding, padding))
+    return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
+
+
+def flatten(x):
+    """NHWC flatten (h, w, c order; the reference flattens (c, h, w): see ticket import)."""
+    return x.reshape(x.shape[0], -1)
+
+
+def partial_model(cls, **fixed):
+    return functools.partial(cls, **fixed)
