@@ -1,1 +1,167 @@
-"""CIFAR, ImageNet and wide ResNets (SPEC 5.4-5.8). To be written."""
+"""CIFAR, ImageNet and wide ResNets (SPEC 5.4-5.8), v1 (post-activation) blocks.
+
+Every convolution, the 1x1 projection shortcuts and the classifier are biprop layers
+(SPEC 4.3). Layer names are flat and stable: ``conv1``/``bn1`` (stem),
+``layer{stage}_block{i}_conv{j}`` / ``_bn{j}`` / ``_shortcut_conv`` / ``_shortcut_bn``
+(stages counted from 1, blocks from 0, as torchvision) and ``classifier``.
+
+With ``binary_activations`` (the ``_binact`` entries) the sign activation S replaces every
+ReLU (stem, inside blocks, after the residual add); the input image and the classifier
+input (a global average of signs, values in [-1, 1]) are not binary (SPEC 2.2, 5.4, 5.8).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mpt_jax.models import register
+from mpt_jax.models.common import ScoreNet, max_pool
+
+
+def global_avg_pool(x):
+    # Averaged in at least float32 whatever the compute dtype (a sum over up to 56x56 values).
+    return jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2)).astype(x.dtype)
+
+
+class _ResNetBase(ScoreNet):
+    """Residual blocks shared by the CIFAR and ImageNet ResNets (not registered)."""
+
+    def _shortcut(self, x, features: int, strides: int, train: bool, prefix: str):
+        # "Option B" projection only where the shape changes (SPEC 5.4, 5.6).
+        if strides == 1 and x.shape[-1] == features:
+            return x
+        x = self.conv(features, 1, strides, name=f"{prefix}_shortcut_conv")(x)
+        return self.norm(train, name=f"{prefix}_shortcut_bn")(x)
+
+    def basic_block(self, x, features: int, strides: int, train: bool, prefix: str):
+        """act(BN(C3(BN-act(C3(x, s)))) + shortcut(x)) (SPEC 5.4 / 5.6 BasicBlock, v1)."""
+        y = self.conv(features, 3, strides, name=f"{prefix}_conv1")(x)
+        y = self.act(self.norm(train, name=f"{prefix}_bn1")(y))
+        y = self.conv(features, 3, 1, name=f"{prefix}_conv2")(y)
+        y = self.norm(train, name=f"{prefix}_bn2")(y)
+        return self.act(y + self._shortcut(x, features, strides, train, prefix))
+
+    def bottleneck_block(self, x, planes: int, strides: int, train: bool, prefix: str,
+                         base_width: int = 64):
+        """torchvision v1.5 Bottleneck: C1(->u) C3(u->u, s) C1(u->4 planes), u = planes*base_width/64."""
+        width = planes * base_width // 64
+        y = self.conv(width, 1, 1, name=f"{prefix}_conv1")(x)
+        y = self.act(self.norm(train, name=f"{prefix}_bn1")(y))
+        y = self.conv(width, 3, strides, name=f"{prefix}_conv2")(y)  # stride on the 3x3 (v1.5)
+        y = self.act(self.norm(train, name=f"{prefix}_bn2")(y))
+        y = self.conv(4 * planes, 1, 1, name=f"{prefix}_conv3")(y)
+        y = self.norm(train, name=f"{prefix}_bn3")(y)
+        return self.act(y + self._shortcut(x, 4 * planes, strides, train, prefix))
+
+    def head(self, x):
+        # AP4 on the final 4x4 CIFAR map is the global average; ImageNet uses GAP (SPEC 5.4-5.6).
+        return self.logits(self.dense(self.num_classes, name="classifier")(global_avg_pool(x)))
+
+
+class CifarResNet(_ResNetBase):
+    """CIFAR ResNets with BasicBlocks: cResNet18/34 (SPEC 5.4) and cResNet20...110 (SPEC 5.5).
+
+    Stem C3(3->w0) BN act, stages of ``stage_sizes`` blocks with ``stage_widths`` (first
+    stage stride 1, later ones stride 2), GAP, classifier. For the small ResNets (widths
+    16/32/64) this uses global average pooling and ``num_classes`` logits, the project's
+    fix of the reference's 40-logit head (SPEC decisions, item 21).
+    """
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    stage_widths: Sequence[int] = (64, 128, 256, 512)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = self.conv(self.stage_widths[0], 3, name="conv1")(x)
+        x = self.act(self.norm(train, name="bn1")(x))
+        for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+            for block in range(blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = self.basic_block(x, width, strides, train, f"layer{stage + 1}_block{block}")
+        return self.head(x)
+
+
+class ImageNetResNet(_ResNetBase):
+    """ImageNet ResNet-18/34/50/101 and WRN-50-2/101-2 (SPEC 5.6, 5.8), input 224x224.
+
+    Stem C7(3->64, s2) BN, then ReLU -> MP3 (ReLU graph) or MP3 -> S (BinAct graph,
+    SPEC 5.8); four stages with ``planes`` (strides 1, 2, 2, 2) of BasicBlocks or
+    torchvision v1.5 Bottlenecks (``base_width`` 128 = the wide WRN-50-2 / WRN-101-2);
+    GAP; classifier. Pass ``num_classes=1000`` for ImageNet.
+    """
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    block: str = "basic"
+    base_width: int = 64
+    planes: Sequence[int] = (64, 128, 256, 512)
+    pool_before_act: bool = False  # stem order C7 BN MP3 act even with ReLU (SPEC 5.7)
+
+    def stage_planes(self) -> Sequence[int]:
+        return self.planes
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.block not in ("basic", "bottleneck"):
+            raise ValueError(f"unknown block {self.block!r}; valid values: basic, bottleneck")
+        x = self.conv(64, 7, 2, name="conv1")(x)
+        x = self.norm(train, name="bn1")(x)
+        if self.pool_before_act or self.binary_activations:
+            x = self.act(max_pool(x, 3, 2, padding=1))  # SPEC 5.7 / 5.8 stem order
+        else:
+            x = max_pool(self.act(x), 3, 2, padding=1)
+        for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_planes())):
+            for block in range(blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                prefix = f"layer{stage + 1}_block{block}"
+                if self.block == "basic":
+                    x = self.basic_block(x, planes, strides, train, prefix)
+                else:
+                    x = self.bottleneck_block(x, planes, strides, train, prefix, self.base_width)
+        return self.head(x)
+
+
+class WideResNet34(ImageNetResNet):
+    """The reference's "WideResNet-34-2" (SPEC 5.7): NOT a Zagoruyko-Komodakis WRN.
+
+    The ImageNet ResNet-34 (BasicBlocks [3, 4, 6, 3], 7x7 stem, max-pool) with stage widths
+    64, 64(f+1), 128(f+1), 256(f+1) for ``widen_factor`` f (default 2: 64/192/384/768,
+    48,270,528 scores at 1000 classes) and stem order C7 BN MP3 act for ReLU and sign.
+    """
+
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    pool_before_act: bool = True
+    widen_factor: float = 2
+
+    def stage_planes(self) -> Sequence[int]:
+        widths = [64, 64 * (self.widen_factor + 1), 128 * (self.widen_factor + 1),
+                  256 * (self.widen_factor + 1)]
+        if self.widen_factor < 0 or any(float(w) != int(w) for w in widths):
+            raise ValueError(f"widen_factor={self.widen_factor!r} gives stage widths {widths}; "
+                             f"use a non-negative factor that makes them whole numbers (e.g. 2)")
+        return [int(w) for w in widths]
+
+
+_CIFAR_SMALL = (16, 32, 64)
+for _depth in (20, 32, 44, 56, 110):
+    _n = (_depth - 2) // 6
+    register(f"resnet{_depth}_cifar", CifarResNet, stage_sizes=(_n,) * 3, stage_widths=_CIFAR_SMALL)
+register("resnet18_cifar", CifarResNet, stage_sizes=(2, 2, 2, 2), stage_widths=(64, 128, 256, 512))
+register("resnet34_cifar", CifarResNet, stage_sizes=(3, 4, 6, 3), stage_widths=(64, 128, 256, 512))
+
+_IMAGENET_FIXED = dict(planes=(64, 128, 256, 512), pool_before_act=False)
+register("resnet18", ImageNetResNet, stage_sizes=(2, 2, 2, 2), block="basic", base_width=64,
+         **_IMAGENET_FIXED)
+register("resnet34", ImageNetResNet, stage_sizes=(3, 4, 6, 3), block="basic", base_width=64,
+         **_IMAGENET_FIXED)
+register("resnet50", ImageNetResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck", base_width=64,
+         **_IMAGENET_FIXED)
+register("resnet101", ImageNetResNet, stage_sizes=(3, 4, 23, 3), block="bottleneck", base_width=64,
+         **_IMAGENET_FIXED)
+register("wrn50_2", ImageNetResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck", base_width=128,
+         **_IMAGENET_FIXED)
+register("wrn101_2", ImageNetResNet, stage_sizes=(3, 4, 23, 3), block="bottleneck", base_width=128,
+         **_IMAGENET_FIXED)
+register("wrn34_2", WideResNet34, stage_sizes=(3, 4, 6, 3), block="basic", base_width=64,
+         planes=(64, 128, 256, 512), pool_before_act=True)
