@@ -1,0 +1,26 @@
+"""ResNet-18 MPT-1/32, 80 % pruned, on CIFAR-10 (SPEC 5.4, 6.10; resnet18-kn-unsigned.yaml).
+
+    python -m mpt_jax.main --config=configs/cifar10_resnet18.py --workdir=runs/cifar10_resnet18
+
+Expected 94.66 % (paper); "+BN" (--config.learn_batchnorm=True, resnet18-affine-kn-unsigned.yaml):
+94.8 %. SGD 0.1, momentum 0.9, wd 5e-4, batch 256, cosine, 100 epochs, keep_fraction 0.2,
+Kaiming normal + scale_fan. Dense baseline (resnet18-dense.yaml): SGD 0.1, wd 5e-4.
+Eval split: 500 images per class held out of the shared training archive (45,000 train /
+5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
+comparable to, not identical with, the paper's test-set numbers.
+Baselines: --config.mode=dense | edgepopup | binary_trained (their SPEC 6.8
+hyperparameters are applied unless overridden); "+BN": --config.learn_batchnorm=True.
+"""
+from mpt_jax import config_utils
+
+
+def get_config():
+    config = config_utils.cifar10_config("resnet18_cifar")
+    config.keep_fraction = 0.2
+    config.weight_decay = 5e-4
+    config.batch_size = 256
+    config.baseline_hparams.dense.learning_rate = 0.1
+    config.baseline_hparams.dense.weight_decay = 5e-4
+    config.baseline_hparams.binary_trained.learning_rate = 0.1
+    config.baseline_hparams.binary_trained.weight_decay = 5e-4
+    return config

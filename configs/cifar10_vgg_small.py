@@ -1,0 +1,19 @@
+"""VGG-Small MPT-1/32, 95 % pruned, on CIFAR-10 (SPEC 5.3, 6.10; vgg_small_kn_unsigned.yml).
+
+    python -m mpt_jax.main --config=configs/cifar10_vgg_small.py --workdir=runs/cifar10_vgg_small
+
+Paper / README: 91.48 % (CIFAR-10 test). Adam 0.1 as in the file (no weight decay), batch
+128, cosine, 100 epochs, keep_fraction 0.05, Kaiming normal + scale_fan, non-affine BN.
+Eval split: 500 images per class held out of the shared training archive (45,000 train /
+5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
+comparable to, not identical with, the paper's test-set numbers.
+Baselines: --config.mode=dense | edgepopup | binary_trained (their SPEC 6.8
+hyperparameters are applied unless overridden); "+BN": --config.learn_batchnorm=True.
+"""
+from mpt_jax import config_utils
+
+
+def get_config():
+    config = config_utils.cifar10_adam_config("vgg_small", learning_rate=0.1)
+    config.keep_fraction = 0.05
+    return config

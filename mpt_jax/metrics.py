@@ -1,0 +1,321 @@
+"""Logging: TensorBoard event files (no TensorFlow), metrics.jsonl, console progress, layer table.
+
+* ``EventWriter``: a minimal writer of TensorBoard's event-file format (TFRecord framing with
+  masked CRC32C around hand-encoded ``Event``/``Summary`` protobufs holding scalar
+  ``simple_value``s). Readable by tensorboard's own loaders.
+* ``MetricsLogger``: one JSON object per log event in ``<workdir>/metrics.jsonl`` and the same
+  scalars in ``<workdir>/tensorboard/``.
+* ``ProgressBar``: epoch, step/steps, loss, accuracy, images/s and ETA; redrawn in place on a
+  TTY, plain lines otherwise.
+* ``layer_table``: the one-time table of prunable layers (shape, total / kept weights).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import struct
+import sys
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# TensorBoard event files
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    value &= (1 << 64) - 1  # negative int64 -> two's complement, as protobuf does
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field_bytes(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _event(wall_time: float, step: int, *, file_version: str | None = None,
+           scalars: Mapping[str, float] | None = None) -> bytes:
+    msg = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(step)
+    if file_version is not None:
+        msg += _field_bytes(3, file_version.encode())
+    if scalars:
+        summary = b"".join(
+            _field_bytes(1, _field_bytes(1, tag.encode()) + _varint(2 << 3 | 5)
+                         + struct.pack("<f", float(value)))
+            for tag, value in scalars.items())
+        msg += _field_bytes(5, summary)
+    return msg
+
+
+def _record(data: bytes) -> bytes:
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+
+
+class EventWriter:
+    """Appends scalar summaries to a new ``events.out.tfevents.*`` file in ``logdir``."""
+
+    def __init__(self, logdir: str):
+        os.makedirs(logdir, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self.path = os.path.join(logdir, name)
+        self._file = open(self.path, "ab")
+        self._file.write(_record(_event(time.time(), 0, file_version="brain.Event:2")))
+        self._file.flush()
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        values = {k: float(v) for k, v in values.items() if _is_number(v)}
+        if values:
+            self._file.write(_record(_event(time.time(), int(step), scalars=values)))
+            self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------------------
+# JSON lines + TensorBoard
+
+
+class MetricsLogger:
+    """Writes each event to ``metrics.jsonl`` and TensorBoard (only on process 0)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self._jsonl = None
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(self.jsonl_path, "a")
+            self._tb = EventWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """``record`` holds step, epoch, split and any numeric metrics (loss, top1, ...)."""
+        if not self.enabled:
+            return
+        clean = {k: (_round(v) if _is_number(v) else v) for k, v in record.items()}
+        clean.setdefault("time", round(time.time(), 3))
+        self._jsonl.write(json.dumps(clean) + "\n")
+        self._jsonl.flush()
+        split = record.get("split", "train")
+        skip = {"step", "epoch", "split", "time"}
+        self._tb.scalars(int(record.get("step", 0)),
+                         {f"{split}/{k}": v for k, v in record.items() if k not in skip})
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def _round(v):
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return v if not math.isfinite(v) else float(f"{v:.6g}")
+    return int(v)
+
+
+# ---------------------------------------------------------------------------
+# Console
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ProgressBar:
+    """One line per epoch: ``epoch e/E [#####.....] step/steps loss acc img/s ETA``.
+
+    On a TTY the line is redrawn in place; otherwise every ``update`` prints a plain line.
+    """
+
+    def __init__(self, num_epochs: int, steps_per_epoch: int, stream=None, enabled: bool = True,
+                 width: int = 24):
+        self.num_epochs = num_epochs
+        self.steps = steps_per_epoch
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._open = False
+
+    def update(self, epoch: int, step: int, loss: float, acc: float, images_per_s: float) -> None:
+        if not self.enabled:
+            return
+        remaining = self.steps - step
+        run_remaining = remaining + (self.num_epochs - epoch - 1) * self.steps
+        rate = images_per_s / self._batch if images_per_s > 0 else 0.0  # steps per second
+        eta = remaining / rate if rate else math.inf
+        run_eta = run_remaining / rate if rate else math.inf
+        frac = step / max(self.steps, 1)
+        filled = int(round(frac * self.width))
+        line = (f"epoch {epoch + 1}/{self.num_epochs} [{'#' * filled}{'.' * (self.width - filled)}] "
+                f"{step}/{self.steps} loss {loss:.4f} acc {100 * acc:.2f}% "
+                f"{images_per_s:,.0f} img/s ETA {_fmt_time(eta)} (run {_fmt_time(run_eta)})")
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            self._open = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    _batch = 1
+
+    def set_batch_size(self, batch_size: int) -> None:
+        self._batch = batch_size
+
+    def end_epoch(self) -> None:
+        if self.enabled and self.tty and self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+
+# ---------------------------------------------------------------------------
+# Layer table
+
+
+def _walk(tree, prefix=()):
+    """(path, leaf) in the dicts' insertion order, i.e. the order the model created its layers
+    (jax.tree_util sorts dict keys)."""
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            yield from _walk(value, prefix + (str(key),))
+    else:
+        yield prefix, tree
+
+
+def layer_rows(params, config) -> list[dict]:
+    """One row per prunable layer: name, shape, total, kept (the scores or kernel leaves)."""
+    from mpt_jax import ops  # noqa: PLC0415
+
+    rows = []
+    for path, leaf in _walk(params):
+        leaf_name = path[-1]
+        if leaf_name not in ("scores", "kernel"):
+            continue
+        total = int(np.prod(leaf.shape))
+        if config.mode in ("dense", "binary_trained"):
+            kept = total
+        elif config.pruning == "global":
+            kept = None  # decided network-wide by the threshold (SPEC 1.7)
+        else:
+            kept = ops.kept_count(total, float(config.keep_fraction))
+        rows.append(dict(name="/".join(path[:-1]), shape=tuple(int(d) for d in leaf.shape),
+                         total=total, kept=kept))
+    return rows
+
+
+def layer_order(model, image_shape) -> list[str]:
+    """Names ("a/b") of the model's prunable layers in call order, from an abstract init
+    (no FLOPs, no memory): pytrees sort dict keys, so the params tree alone loses the order."""
+    import flax.linen as nn  # noqa: PLC0415
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from mpt_jax import layers  # noqa: PLC0415
+
+    order: list[str] = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(
+                context.module, (layers.BipropConv, layers.BipropDense)):
+            name = "/".join(context.module.path)
+            if name not in order:
+                order.append(name)
+        return next_fun(*args, **kwargs)
+
+    def init():
+        with nn.intercept_methods(record):
+            return model.init({"params": jax.random.PRNGKey(0)},
+                              jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+    jax.eval_shape(init)
+    return order
+
+
+def layer_table(params, config, order: list[str] | None = None) -> str:
+    """Formatted table of ``layer_rows`` with totals and the BatchNorm parameter count.
+
+    ``order``: layer names in the order to print (``layer_order``); others follow.
+    """
+    rows = layer_rows(params, config)
+    if order:
+        rank = {name: i for i, name in enumerate(order)}
+        rows.sort(key=lambda r: rank.get(r["name"], len(rank)))
+    bn = sum(int(np.prod(x.shape)) for p, x in _walk(params) if p[-1] in ("scale", "bias"))
+    name_w = max([len("layer")] + [len(r["name"]) for r in rows])
+    shape_w = max([len("shape")] + [len(str(r["shape"])) for r in rows])
+    header = f"{'layer':<{name_w}}  {'shape':<{shape_w}}  {'weights':>12}  {'kept':>12}  {'% kept':>7}"
+    lines = [header, "-" * len(header)]
+    total = sum(r["total"] for r in rows)
+    kept_known = all(r["kept"] is not None for r in rows)
+    for r in rows:
+        kept = "global" if r["kept"] is None else f"{r['kept']:,}"
+        pct = "" if r["kept"] is None else f"{100 * r['kept'] / r['total']:.2f}"
+        lines.append(f"{r['name']:<{name_w}}  {str(r['shape']):<{shape_w}}  {r['total']:>12,}  "
+                     f"{kept:>12}  {pct:>7}")
+    lines.append("-" * len(header))
+    if kept_known:
+        kept_total = sum(r["kept"] for r in rows)
+        pct = 100 * kept_total / max(total, 1)
+        lines.append(f"{'total':<{name_w}}  {'':<{shape_w}}  {total:>12,}  {kept_total:>12,}  "
+                     f"{pct:>7.2f}")
+    else:
+        target = float(config.keep_fraction)
+        lines.append(f"{'total':<{name_w}}  {'':<{shape_w}}  {total:>12,}  "
+                     f"{'~' + format(int(total * target), ','):>12}  {100 * target:>7.2f}")
+    lines.append(f"BatchNorm scale/bias: {bn:,} ({'trained' if _bn_trained(config) else 'frozen'})"
+                 if bn else "BatchNorm scale/bias: none (non-affine or no BatchNorm)")
+    return "\n".join(lines)
+
+
+def _bn_trained(config) -> bool:
+    return bool(config.get("learn_batchnorm") or config.get("tune_batchnorm")
+                or config.mode in ("dense", "binary_trained"))

@@ -1,0 +1,493 @@
+"""Training and evaluation: pure steps, jit over a mesh, the epoch loop (SPEC 6).
+
+Public API (PREAMBLE "Train" contract):
+  TrainState(step, params, frozen, batch_stats, opt_state, pruning, keep_fraction, rng)
+  create_model(config, num_classes) -> nn.Module
+  create_train_state(config, model, tx, rng, image_shape) -> TrainState
+  train_step(state, batch, *, model, tx, config) -> (state, metrics)       pure, un-jitted
+  eval_step(state, batch, *, model, label_smoothing=0.0) -> metric sums      pure, un-jitted
+  make_parallel_steps(config, model, tx, mesh) -> (jitted train_step, jitted eval_step)
+  evaluate(p_eval, state, ds) -> dict(top1, top5, loss, count)
+  train_and_evaluate(config, workdir, *, dataset=None, overridden=()) -> result dict
+
+The loop (SPEC 6.1, 6.6): per epoch, set the global-pruning keep fraction k_t (an array in
+the state: no recompilation), train (lr from the optax schedule), evaluate every eval example
+once (top-1 / top-5), track the best top-1, checkpoint, optionally stop if not learning.
+Rerunning with the same workdir resumes from the last checkpoint at the same epoch and step
+(data order is a pure function of (seed, epoch)); SIGTERM / Ctrl-C checkpoint and exit.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+
+from mpt_jax import checkpoint as ckpt_lib
+from mpt_jax import config_utils, metrics as metrics_lib, ops, optim, parallel
+from mpt_jax.errors import TrainingError, UserError
+
+NOT_LEARNING_TOP1 = 2.0  # percent; SPEC 6.6 "not learning" rule
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a training step reads and writes (all leaves are arrays, checkpointed whole).
+
+    params: what the optimizer sees (scores | kernel | BN scale/bias), frozen: random weights W,
+    batch_stats: BN running statistics, pruning: per-layer global threshold (global pruning
+    only, else {}), keep_fraction: the current keep fraction k_t (global-pruning ramp; an array
+    so changing it never recompiles), rng: PRNG key data of the run.
+    """
+
+    step: jax.Array
+    params: Any
+    frozen: Any
+    batch_stats: Any
+    opt_state: Any
+    pruning: Any
+    keep_fraction: jax.Array
+    rng: jax.Array
+
+    def variables(self, params=None, pruning=None) -> dict:
+        """Flax variable dict for ``model.apply`` (empty collections left out)."""
+        cols = dict(params=self.params if params is None else params, frozen=self.frozen,
+                    batch_stats=self.batch_stats,
+                    pruning=self.pruning if pruning is None else pruning)
+        return {k: v for k, v in cols.items() if k == "params" or v}
+
+
+# ---------------------------------------------------------------------------
+# Construction
+
+
+def compute_dtype(config) -> Any:
+    """precision "auto": bfloat16 compute on GPU/TPU, float32 on CPU; variables stay float32."""
+    precision = config.get("precision", "auto")
+    if precision == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else jnp.float32
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[precision]
+
+
+def create_model(config, num_classes: int) -> nn.Module:
+    from mpt_jax import models  # noqa: PLC0415
+
+    return models.get_model(config.model, **config_utils.model_kwargs(
+        config, num_classes, dtype=compute_dtype(config)))
+
+
+def create_train_state(config, model: nn.Module, tx: optax.GradientTransformation, rng,
+                       image_shape) -> TrainState:
+    """Initialises the variables from ``rng`` (params and frozen W) and the optimizer state.
+
+    One jitted computation (eager initialisation would compile every op separately).
+    """
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    keep = float(config.keep_fraction)
+
+    @jax.jit
+    def init(key):
+        # model.init gets split(PRNGKey(seed))[0]: mpt_jax.ticket regenerates W from it.
+        init_rng, state_rng = jax.random.split(key)
+        variables = model.init({"params": init_rng}, dummy, train=False)
+        # Strip weak types (e.g. the -inf threshold placeholders) so the state a step returns
+        # has exactly the input's types: otherwise the second step would recompile.
+        variables = jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), variables)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params,
+            frozen=variables.get("frozen", {}), batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params), pruning=variables.get("pruning", {}),
+            keep_fraction=jnp.asarray(keep, jnp.float32), rng=jax.random.key_data(state_rng))
+
+    return init(jax.random.key_data(rng) if _is_typed_key(rng) else rng)
+
+
+def _is_typed_key(rng) -> bool:
+    return jnp.issubdtype(jnp.asarray(rng).dtype if not hasattr(rng, "dtype") else rng.dtype,
+                          jax.dtypes.prng_key)
+
+
+# ---------------------------------------------------------------------------
+# Steps (pure, un-jitted)
+
+
+def _score_leaves(params) -> list:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [x for path, x in flat if getattr(path[-1], "key", None) == "scores"]
+
+
+def with_global_threshold(state: TrainState) -> dict:
+    """The 'pruning' collection with tau of SPEC 1.7 (from the current scores and k_t)."""
+    if not state.pruning:
+        return state.pruning
+    tau = ops.global_threshold(_score_leaves(state.params), state.keep_fraction)
+    return jax.tree.map(lambda t: jnp.broadcast_to(tau, t.shape).astype(t.dtype), state.pruning)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def train_step(state: TrainState, batch: dict, *, model: nn.Module,
+               tx: optax.GradientTransformation, config) -> tuple[TrainState, dict]:
+    """One optimizer step (SPEC 6.1). Returns the new state and batch metrics.
+
+    Non-finite loss or gradients leave the state unchanged and report finite=False (issue 4:
+    the host stops the run instead of training on NaNs).
+    """
+    pruning = with_global_threshold(state)  # SPEC 1.7: tau before every forward pass
+    smoothing = float(config.get("label_smoothing", 0.0))
+
+    def loss_fn(params):
+        logits, updates = model.apply(state.variables(params, pruning), batch["image"], train=True,
+                                      mutable=["batch_stats"])
+        loss = optim.cross_entropy(logits, batch["label"], smoothing).mean()
+        return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    opt_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
+        opt_state=opt_state, batch_stats=updates.get("batch_stats", state.batch_stats),
+        pruning=pruning)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    _, top = jax.lax.top_k(logits.astype(jnp.float32), min(5, logits.shape[-1]))
+    top1 = jnp.mean((top[:, 0] == batch["label"]).astype(jnp.float32))
+    top5 = jnp.mean(jnp.any(top == batch["label"][:, None], axis=-1).astype(jnp.float32))
+    return new_state, dict(loss=loss, top1=top1, top5=top5, finite=finite)
+
+
+def eval_step(state: TrainState, batch: dict, *, model: nn.Module,
+              label_smoothing: float = 0.0) -> dict:
+    """Sums over the real (mask == 1) rows of one eval batch: top-1 / top-5 correct, loss, count.
+
+    The loss is the training criterion including label smoothing (SPEC 6.2).
+    """
+    pruning = with_global_threshold(state)
+    logits = model.apply(state.variables(pruning=pruning), batch["image"], train=False)
+    labels = batch["label"]
+    mask = batch.get("mask")
+    mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    k = min(5, logits.shape[-1])
+    _, top = jax.lax.top_k(logits.astype(jnp.float32), k)
+    top1 = (top[:, 0] == labels).astype(jnp.float32)
+    top5 = jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+    loss = optim.cross_entropy(logits, labels, label_smoothing)
+    return dict(top1_correct=jnp.sum(top1 * mask), top5_correct=jnp.sum(top5 * mask),
+                loss_sum=jnp.sum(loss * mask), count=jnp.sum(mask))
+
+
+def make_parallel_steps(config, model: nn.Module, tx: optax.GradientTransformation, mesh):
+    """(train_step, eval_step) jitted over ``mesh``: state replicated, batch split on "data",
+    the state donated to the train step."""
+    rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    p_train = jax.jit(functools.partial(train_step, model=model, tx=tx, config=config),
+                      in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=(0,))
+    p_eval = jax.jit(functools.partial(eval_step, model=model,
+                                       label_smoothing=float(config.get("label_smoothing", 0.0))),
+                     in_shardings=(rep, data), out_shardings=rep)
+    return p_train, p_eval
+
+
+# ---------------------------------------------------------------------------
+# Loop helpers
+
+
+def evaluate(p_eval, state, ds) -> dict:
+    """top1 / top5 (percent) and mean loss over every eval example exactly once."""
+    outs = [p_eval(state, batch) for batch in ds.eval_batches()]
+    # Summed on the host in float64: no eager device ops (each would compile), exact counts.
+    fetched = parallel.to_host(outs)
+    sums = {k: float(np.sum([np.float64(o[k]) for o in fetched])) for k in fetched[0]}
+    if int(sums["count"]) != int(ds.num_eval):  # the data contract: every example once
+        _print(f"warning: evaluated {int(sums['count'])} examples, the eval split has "
+               f"{ds.num_eval}")
+    n = max(sums["count"], 1.0)
+    return dict(top1=100.0 * sums["top1_correct"] / n, top5=100.0 * sums["top5_correct"] / n,
+                loss=sums["loss_sum"] / n, count=int(sums["count"]))
+
+
+class _StopSignal:
+    """SIGTERM / SIGINT: finish the current step, checkpoint, exit (issue 4)."""
+
+    def __init__(self):
+        self.received = None
+        self._old = {}
+
+    def __enter__(self):
+        if _is_main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _is_main_thread() -> bool:
+    import threading  # noqa: PLC0415
+    return threading.current_thread() is threading.main_thread()
+
+
+def _done(meta: dict, config) -> bool:
+    if config.max_train_steps > 0 and meta.get("global_step", 0) >= config.max_train_steps:
+        return True
+    return meta.get("epoch", 0) >= config.num_epochs
+
+
+def result_line(result: dict) -> str:
+    """The final console line: held-out accuracy (final and best) and the split."""
+    return (f"final accuracy: top-1 {result['final_top1']:.2f}% "
+            f"(top-5 {result['final_top5']:.2f}%), best top-1 {result['best_top1']:.2f}% "
+            f"at epoch {result['best_epoch']}; eval split: {result['eval_split']}; "
+            f"{result['epochs_completed']} epochs / {result['global_step']} steps")
+
+
+def _print(*args, **kwargs):
+    if jax.process_index() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Main loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
+                       overridden: Iterable[str] = ()) -> dict:
+    """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final metrics.
+
+    Metrics (percent): final_top1/5 (last evaluation), best_top1/5 and best_epoch (model
+    selection on the eval split, which ``eval_split`` names; SPEC decisions item 28).
+    A finished run returns its stored result at once.
+    """
+    t_start = time.time()
+    config = config_utils.resolve(config, overridden)
+    config_utils.validate(config)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    checkpointer = ckpt_lib.Checkpointer(workdir, restart=bool(config.restart))
+    meta = checkpointer.latest_meta()
+    if meta is not None:
+        ckpt_lib.check_compatible(meta, config, workdir)
+        if _done(meta, config) and meta.get("result"):
+            _print(f"run in {workdir} is complete (epoch {meta['epoch']}); stored result:")
+            _print(result_line(meta["result"]))
+            checkpointer.close()
+            return meta["result"]
+
+    mesh = parallel.make_mesh()
+    if dataset is None:
+        from mpt_jax import data  # noqa: PLC0415  (data imports heavier deps lazily)
+        dataset = data.get_dataset(config, mesh)
+    ds = dataset
+    spe = int(ds.steps_per_epoch)
+    if spe <= 0:
+        raise UserError(f"batch_size={config.batch_size} is larger than the {ds.num_train} "
+                        "training examples; lower --config.batch_size")
+    model = create_model(config, ds.num_classes)
+    tx = optim.make_optimizer(config, spe)
+    schedule = jax.jit(optim.make_schedule(config, spe))  # host-side lr for logging, compiled once
+    state = create_train_state(config, model, tx, jax.random.PRNGKey(config.seed), ds.image_shape)
+    state = parallel.replicate(state, mesh)
+
+    start_epoch, start_step, best = 0, 0, dict(top1=-1.0, top5=-1.0, epoch=0)
+    last_eval = None
+    if meta is not None:
+        state, meta = checkpointer.restore(state, mesh)
+        start_epoch, start_step = int(meta["epoch"]), int(meta["step_in_epoch"])
+        best = meta.get("best", best)
+        last_eval = meta.get("last_eval")
+        _print(f"resuming {workdir} at epoch {start_epoch + 1}, step {start_step} "
+               f"(global step {meta['global_step']})")
+    else:
+        _announce(config, ds, model, state)
+
+    p_train, p_eval = make_parallel_steps(config, model, tx, mesh)
+    is_main = jax.process_index() == 0
+    logger = metrics_lib.MetricsLogger(workdir, enabled=is_main)
+    bar = metrics_lib.ProgressBar(config.num_epochs, spe, enabled=is_main and config.progress_bar)
+    bar.set_batch_size(config.batch_size)
+    global_step = start_epoch * spe + start_step
+    stop_reason = final_result = None
+    try:
+        with _StopSignal() as stop:
+            epoch = start_epoch
+            while epoch < config.num_epochs and stop_reason is None:
+                k_t = ops.global_keep_schedule(epoch, float(config.keep_fraction),
+                                               int(config.prune_ramp_epochs)) \
+                    if config.pruning == "global" else float(config.keep_fraction)
+                state = state.replace(keep_fraction=jax.device_put(
+                    jnp.asarray(k_t, jnp.float32), parallel.replicated(mesh)))
+                state, step_in_epoch, stop_reason = _train_epoch(
+                    p_train, state, ds, epoch, start_step, spe, config, logger, bar, schedule,
+                    stop, checkpointer, epoch_is_first=epoch == start_epoch)
+                global_step = epoch * spe + step_in_epoch
+                start_step = 0
+                if stop_reason in ("signal",):
+                    checkpointer.save(state, _meta(config, epoch, step_in_epoch, global_step,
+                                                   best, last_eval, k_t))
+                    raise TrainingError(
+                        f"stopped by {stop.received} at epoch {epoch + 1}, step {step_in_epoch}; "
+                        f"checkpoint saved in {checkpointer.directory}: run the same command "
+                        "again to resume", exit_code=143 if stop.received == "SIGTERM" else 130)
+                ev = evaluate(p_eval, state, ds)
+                finished_epoch = step_in_epoch >= spe
+                ep_num = epoch + 1 if finished_epoch else epoch
+                last_eval = dict(ev, epoch=ep_num, split=ds.eval_split_name)
+                best, new_best = _update_best(best, ev, ep_num)
+                logger.write(dict(step=global_step, epoch=ep_num, split="eval", loss=ev["loss"],
+                                  top1=ev["top1"], top5=ev["top5"], best_top1=best["top1"],
+                                  lr=float(schedule(max(global_step - 1, 0))),
+                                  keep_fraction=k_t))
+                where = (f"epoch {ep_num}/{config.num_epochs}" if finished_epoch else
+                         f"epoch {epoch + 1}/{config.num_epochs} step {step_in_epoch}/{spe}")
+                _print(f"{where}: eval ({ds.eval_split_name}) "
+                       f"top-1 {ev['top1']:.2f}% top-5 {ev['top5']:.2f}% loss {ev['loss']:.4f} "
+                       f"(best top-1 {best['top1']:.2f}% at epoch {best['epoch']})")
+                next_epoch, next_step = (epoch + 1, 0) if finished_epoch else (epoch, step_in_epoch)
+                limit = config.max_train_steps > 0 and global_step >= config.max_train_steps
+                last = next_epoch >= config.num_epochs or limit
+                if (config.stop_if_not_learning and epoch > 1 and best["top1"] < NOT_LEARNING_TOP1):
+                    stop_reason, last = "not_learning", True
+                meta_now = _meta(config, next_epoch, next_step, global_step, best, last_eval, k_t)
+                if last:
+                    final_result = meta_now["result"] = _result(
+                        config, ds, best, last_eval, global_step, ep_num, time.time() - t_start,
+                        stop_reason or ("max_train_steps" if limit else None))
+                if last or new_best or (ep_num % config.checkpoint_every_epochs == 0):
+                    checkpointer.save(state, meta_now, best=new_best)
+                if limit:
+                    stop_reason = stop_reason or "max_train_steps"
+                epoch = next_epoch
+                if last:
+                    break
+    finally:
+        bar.end_epoch()
+        logger.close()
+        checkpointer.close()
+    if final_result is None:
+        raise TrainingError("no training step was run: num_epochs is already reached in this "
+                            "workdir; raise --config.num_epochs to train further")
+    result = final_result
+    if is_main:
+        with open(os.path.join(workdir, "result.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    if stop_reason == "not_learning":
+        _print(f"stopped: best top-1 {best['top1']:.2f}% < {NOT_LEARNING_TOP1}% after epoch "
+               f"{last_eval['epoch']} (stop_if_not_learning, SPEC 6.6)")
+    _print(result_line(result))
+    return result
+
+
+def _announce(config, ds, model, state) -> None:
+    """The one-time header of a new run: data, devices, the layer table, the trainable set."""
+    _print(f"{config.model} ({config.mode}, keep_fraction={config.keep_fraction}, "
+           f"pruning={config.pruning}) on {ds.name}: {ds.num_train} train / {ds.num_eval} "
+           f"eval ({ds.eval_split_name}), {ds.steps_per_epoch} steps/epoch, "
+           f"{jax.device_count()} devices")
+    _print(metrics_lib.layer_table(state.params, config,
+                                   metrics_lib.layer_order(model, ds.image_shape)))
+    ntrain, nentries = optim.count_trainable(state.params, config)
+    _print(f"trainable: {ntrain} leaves, {nentries:,} entries ({config.optimizer}, "
+           f"lr {config.learning_rate}, {config.schedule} schedule)")
+
+
+def _update_best(best: dict, ev: dict, epoch: int) -> tuple[dict, bool]:
+    """Best top-1 (model selection, with its epoch) and, separately, best top-5 (SPEC 6.2)."""
+    top5 = max(best["top5"], ev["top5"])
+    if ev["top1"] > best["top1"]:
+        return dict(top1=ev["top1"], top5=top5, epoch=epoch), True
+    return dict(best, top5=top5), False
+
+
+def _train_epoch(p_train, state, ds, epoch, start_step, spe, config, logger, bar, schedule,
+                 stop, checkpointer, epoch_is_first=False):
+    """Runs one epoch from ``start_step``; returns (state, steps done in this epoch, reason)."""
+    pending = []  # device metrics not yet fetched (fetching every step would sync every step)
+    t_log = time.time()
+    imgs_since = 0
+    run_loss = run_acc = 0.0
+    run_n = 0
+    step = start_step
+    reason = None
+    for batch in ds.train_batches(epoch, start_step):
+        if step >= spe:
+            break
+        state, m = p_train(state, batch)
+        step += 1
+        global_step = epoch * spe + step
+        pending.append(m)
+        if step == start_step + 1 and epoch_is_first:
+            # The first step of a process includes compilation: time throughput from its end.
+            jax.block_until_ready(m)
+            t_log = time.time()
+        else:
+            imgs_since += config.batch_size
+        limit = config.max_train_steps > 0 and global_step >= config.max_train_steps
+        if stop.received:
+            reason = "signal"
+        if step % config.log_every_steps == 0 or step == spe or limit or reason:
+            fetched = parallel.to_host(pending)
+            pending = []
+            for j, f in enumerate(fetched):
+                if not bool(f["finite"]):
+                    bad = global_step - len(fetched) + j + 1
+                    raise TrainingError(
+                        f"non-finite loss or gradients at step {bad} (epoch {epoch + 1}); training "
+                        f"stopped, the state was not updated. Last good checkpoint: "
+                        f"{checkpointer.describe_latest()}. Lower --config.learning_rate or check "
+                        "the data")
+            dt = max(time.time() - t_log, 1e-9)
+            ips = imgs_since / dt
+            losses = [float(f["loss"]) for f in fetched]
+            accs = [float(f["top1"]) for f in fetched]
+            top5 = 100.0 * float(np.mean([float(f["top5"]) for f in fetched]))
+            run_loss += sum(losses)
+            run_acc += sum(accs)
+            run_n += len(fetched)
+            logger.write(dict(step=global_step, epoch=epoch + step / spe, split="train",
+                              loss=float(np.mean(losses)), top1=100.0 * float(np.mean(accs)),
+                              top5=top5,
+                              lr=float(schedule(global_step - 1)), images_per_s=ips))
+            bar.update(epoch, step, run_loss / run_n, run_acc / run_n, ips)
+            t_log, imgs_since = time.time(), 0
+        if limit or reason:
+            reason = reason or "max_train_steps"
+            break
+    bar.end_epoch()
+    return state, step, (reason if reason == "signal" else None)
+
+
+def _meta(config, epoch, step_in_epoch, global_step, best, last_eval, keep_fraction) -> dict:
+    return dict(epoch=int(epoch), step_in_epoch=int(step_in_epoch), global_step=int(global_step),
+                best=dict(best), last_eval=last_eval, keep_fraction=float(keep_fraction),
+                model=config.model, fingerprint=config_utils.fingerprint(config),
+                config=json.loads(config_utils.to_json(config)), time=time.time())
+
+
+def _result(config, ds, best, last_eval, global_step, epochs_completed, seconds, stop_reason):
+    return dict(final_top1=last_eval["top1"], final_top5=last_eval["top5"],
+                final_loss=last_eval["loss"], best_top1=best["top1"], best_top5=best["top5"],
+                best_epoch=best["epoch"], eval_split=ds.eval_split_name,
+                num_eval=int(last_eval.get("count", ds.num_eval)),
+                epochs_completed=int(epochs_completed), global_step=int(global_step),
+                wall_seconds=round(float(seconds), 2), stop_reason=stop_reason,
+                model=config.model, mode=config.mode, keep_fraction=float(config.keep_fraction),
+                dataset=config.dataset, seed=int(config.seed))

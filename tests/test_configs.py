@@ -1,0 +1,144 @@
+"""Every shipped config loads, resolves, validates and builds its model (no training);
+invalid values fail with one clear line (issue 3 "Command line and configs", issue 4)."""
+import glob
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mpt_jax import config_utils, train
+from mpt_jax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+INPUT_SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "mnist": (28, 28, 1),
+                "imagenet2012": (224, 224, 3)}
+HEADLINE = ["cifar10_conv2", "cifar10_conv4", "cifar10_conv6", "cifar10_conv8",
+            "cifar10_conv2_binact", "cifar10_conv4_binact", "cifar10_conv6_binact",
+            "cifar10_conv8_binact", "cifar10_vgg_small", "cifar10_wide_vgg_small_binact",
+            "cifar10_resnet18", "imagenet_wrn50", "imagenet_wrn34_binact", "default", "smoke"]
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(f"cfg_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_headline_configs_exist():
+    names = {os.path.basename(p)[:-3] for p in CONFIGS}
+    assert set(HEADLINE) <= names, sorted(set(HEADLINE) - names)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+def test_config_loads_validates_and_builds(path):
+    module = load(path)
+    name = os.path.basename(path)[:-3]
+    assert f"--config=configs/{name}.py" in module.__doc__  # the exact command
+    if name.startswith(("cifar10_vgg", "cifar10_wide", "cifar10_resnet18", "imagenet")):
+        assert re.search(r"\d+\.\d+ %", module.__doc__), "headline configs state the paper number"
+    config = config_utils.resolve(module.get_config())
+    config_utils.validate(config, device_count=8)
+    num_classes = config_utils.num_classes_hint(config)
+    model = train.create_model(config, num_classes)
+    shape = INPUT_SHAPES[config.dataset]
+    out = jax.eval_shape(lambda: model.init_with_output(
+        {"params": jax.random.PRNGKey(0)}, jnp.zeros((2, *shape)), train=False)[0])
+    assert out.shape == (2, num_classes)
+
+
+def test_cifar_configs_use_shared_archive_without_tensorflow():
+    for path in CONFIGS:
+        if os.path.basename(path).startswith("cifar10_"):
+            c = load(path).get_config()
+            assert c.data_dir == "../shared/data/cifar10_train_jpeg.tar.gz"
+            assert c.input_pipeline == "in_memory"
+
+
+def test_paper_values_of_imagenet_mpt11():
+    c = config_utils.resolve(load(os.path.join(ROOT, "configs", "imagenet_wrn34_binact.py")).get_config())
+    assert (c.optimizer, c.learning_rate, c.schedule, c.warmup_epochs, c.num_epochs) == \
+        ("adam", 2.56e-4, "cosine", 5, 250)
+    assert (c.keep_fraction, c.label_smoothing, c.batch_size) == (0.4, 0.1, 256)
+
+
+def test_baseline_and_plus_bn_selection():
+    path = os.path.join(ROOT, "configs", "cifar10_conv4.py")
+    c = load(path).get_config()
+    c.mode = "dense"
+    dense = config_utils.resolve(c)
+    assert (dense.optimizer, dense.learning_rate) == ("sgd", 0.01)  # SPEC 6.8 dense baseline
+    # A field given on the command line wins over the baseline preset.
+    c2 = load(path).get_config()
+    c2.mode, c2.learning_rate = "dense", 0.05
+    assert config_utils.resolve(c2, overridden={"learning_rate"}).learning_rate == 0.05
+    w = load(os.path.join(ROOT, "configs", "cifar10_wide_vgg_small_binact.py")).get_config()
+    w.learn_batchnorm = True
+    w = config_utils.resolve(w)
+    assert w.bn_affine and w.learning_rate == 2e-4  # "+BN": affine BN, affine file's Adam 2e-4
+    assert config_utils.resolve(w).learning_rate == 2e-4  # resolving twice changes nothing
+
+
+def test_prune_rate_alias():
+    c = config_utils.base_config()
+    c.prune_rate = 0.2
+    assert config_utils.resolve(c).keep_fraction == 0.2
+    c.keep_fraction = 0.3
+    with pytest.raises(ConfigError, match="prune_rate"):
+        config_utils.resolve(c, overridden={"keep_fraction", "prune_rate"})
+
+
+@pytest.mark.parametrize("field,value,pattern", [
+    ("model", "resnet9000", r"unknown model 'resnet9000'; valid models: .*conv4"),
+    ("dataset", "svhn", r"unknown dataset 'svhn'; valid values: .*cifar10"),
+    ("optimizer", "rmsprop", r"unknown optimizer 'rmsprop'; valid values: sgd, adam"),
+    ("mode", "ternary", r"unknown mode 'ternary'; valid values: biprop"),
+    ("schedule", "step", r"unknown schedule 'step'"),
+    ("keep_fraction", 0.0, r"keep_fraction must be in \(0, 1\].*got 0.0"),
+    ("keep_fraction", 1.5, r"keep_fraction must be in \(0, 1\].*got 1.5"),
+    ("num_epochs", 0, r"num_epochs must be an integer > 0; got 0"),
+    ("batch_size", -8, r"batch_size must be an integer > 0; got -8"),
+    ("batch_size", 12, r"batch_size=12 is not divisible by the 8 devices"),
+    ("eval_batch_size", 0, r"eval_batch_size must be an integer > 0"),
+    ("warmup_epochs", 10, r"warmup_epochs=10 must be smaller than num_epochs=10"),
+    ("learning_rate", -0.1, r"learning_rate must be in"),
+])
+def test_invalid_values_fail_with_one_line(field, value, pattern):
+    c = config_utils.base_config()
+    c.num_epochs = 10
+    c[field] = value
+    with pytest.raises(ConfigError, match=pattern) as info:
+        config_utils.validate(config_utils.resolve(c), device_count=8)
+    assert "\n" not in str(info.value)
+    assert field in str(info.value)
+
+
+def test_unknown_model_option_fails_clearly():
+    c = config_utils.base_config()
+    c.model_options.depth = 3
+    with pytest.raises(ConfigError, match=r"unknown option.*'depth'.*valid options: .*hidden"):
+        config_utils.validate(c, device_count=1)
+
+
+def test_command_line_errors_are_one_line_exit_2(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for args, pattern in [
+        (["--config.no_such_field=1"], r"^error: unknown config field in '--config.no_such_field=1'"),
+        (["--config.keep_fraction=1.5"], r"^error: keep_fraction must be in \(0, 1\]"),
+        (["--config=configs/missing.py"], r"^error: cannot load the config file"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mpt_jax.main", "--config=configs/smoke.py",
+             f"--workdir={tmp_path}/w", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and re.search(pattern, lines[0]), proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not os.path.exists(tmp_path / "w" / "checkpoints")  # failed before any work
