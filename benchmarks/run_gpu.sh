@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Issue 6 GPU benchmark in ONE call: select micro-benchmark, then the training-step table
+# (ours in bf16, biprop and dense, sort vs radix, next to torch_peer.py bf16+channels-last
+# for the same model and batch), then one summary table ($OUT/gpu_results.md + .json).
+#
+#   bash benchmarks/run_gpu.sh            # on the GPU machine (see benchmarks/README.md)
+#   bash benchmarks/run_gpu.sh --dry-run  # tiny settings on this machine's CPU (tests the script)
+#
+# Environment:
+#   BUDGET_S   total seconds for everything (default 420); groups that would not fit are
+#              skipped and said so, every group also has its own `timeout`.
+#   BENCH_GROUPS which groups, in order (default "r18 select conv4 wrn50 wrn34 wrn50sort")
+#   OUT        results folder (default ./bench_out); PEER  torch_peer.py (default
+#              .gpu_data/torch_peer.py, else ../shared/bench/torch_peer.py); PYTHON (python3)
+# Results come out as they are measured (PYTHONUNBUFFERED); rows.jsonl grows row by row.
+set -u
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+BUDGET_S=${BUDGET_S:-420}
+OUT=${OUT:-$PWD/bench_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+LOG="$OUT/log.txt"
+: > "$OUT/rows.jsonl"; : > "$OUT/select.jsonl"; : > "$OUT/meta.jsonl"
+
+say() { echo "$@" | tee -a "$LOG"; }
+meta() { printf '{"key": "%s", "value": "%s"}\n' "$1" "$2" >> "$OUT/meta.jsonl"; }
+
+# ml_collections (and any other carried wheel) only where it is missing: the GPU image has
+# no ml_collections; pure-Python wheels travel in .whl/ (benchmarks/README.md).
+if ! $PY -c "import ml_collections" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH" \
+      || say "WARNING: wheel install failed"
+  else
+    say "WARNING: ml_collections missing and no .whl/ carried"
+  fi
+fi
+PEER=${PEER:-.gpu_data/torch_peer.py}
+[ -f "$PEER" ] || PEER=../shared/bench/torch_peer.py
+[ -f "$PEER" ] || say "WARNING: no torch_peer.py (carry .gpu_data/torch_peer.py)"
+
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+    --format=csv 2>&1 | tee -a "$LOG"
+  meta gpu "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+fi
+$PY - <<'EOF' 2>&1 | tee -a "$LOG"
+import jax, flax, optax
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__,
+      "devices", jax.devices())
+try:
+    import torch
+    print("torch", torch.__version__, "cuda", torch.cuda.is_available())
+except Exception as e:
+    print("torch unavailable:", e)
+EOF
+meta jax "$($PY -c 'import jax; print(jax.__version__)' 2>/dev/null)"
+meta torch "$($PY -c 'import torch; print(torch.__version__)' 2>/dev/null)"
+
+if [ $DRY = 1 ]; then
+  # CPU test of the script: tiny batches, few steps, float32, CIFAR models only.
+  BENCH_GROUPS=${BENCH_GROUPS:-"select r18 conv4 wrn34"}
+  B_SMALL=8; B_BIG=2; PREC=float32
+  STEPS="--warmup 1 --steps 1 --repeats 2 --peer-steps 2 --peer-warmup 1"
+  SEL_MODELS="--model conv4"; SEL_REPEATS=2
+  meta note "DRY RUN on $(uname -m) CPU: numbers meaningless"
+else
+  BENCH_GROUPS=${BENCH_GROUPS:-"r18 select conv4 wrn50 wrn34 wrn50sort"}
+  B_SMALL=256; B_BIG=256; PREC=bfloat16
+  STEPS="--warmup 3 --steps 10 --repeats 5 --peer-steps 20 --peer-warmup 5"
+  SEL_MODELS="--model resnet18_cifar --model wrn50_2"; SEL_REPEATS=10
+fi
+SEL_ONLY="thr:sort,thr:radix,thr:radix copies=32,thr:radix_many copies=32,mask:sort,mask:radix,mask:radix kept_mask"
+BENCH="$PY benchmarks/train_step.py --json $OUT/rows.jsonl --peer-path $PEER --peer-python $PY"
+
+# run NAME MIN_S CAP_S CMD...: runs CMD under `timeout` (at most CAP_S and what is left of
+# the budget), unless less than MIN_S is left.
+run() {
+  local name=$1 min_s=$2 cap_s=$3; shift 3
+  local left=$(( BUDGET_S - ($(date +%s) - START) ))
+  if [ $left -lt $min_s ]; then
+    say "=== $name: SKIPPED (only ${left}s of the ${BUDGET_S}s budget left; needs ~${min_s}s)"
+    meta "skipped $name" "budget: ${left}s left"
+    return
+  fi
+  local t=$(( left < cap_s ? left : cap_s ))
+  say "=== $name (timeout ${t}s, $(( $(date +%s) - START ))s elapsed): $*"
+  timeout -k 10 "$t" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  [ $rc = 0 ] || { say "=== $name exited with status $rc"; meta "status $name" "exit $rc"; }
+}
+
+for g in $BENCH_GROUPS; do
+  case $g in
+    select) run select 30 90 $PY benchmarks/select_bench.py $SEL_MODELS \
+              --repeats $SEL_REPEATS --json "$OUT/select.jsonl" \
+              --only "$SEL_ONLY" ;;
+    r18)    run resnet18_cifar 60 170 $BENCH --model resnet18_cifar --batch $B_SMALL \
+              --precision $PREC --modes biprop,dense --select radix,kept_mask,sort \
+              --torch-peer $STEPS ;;
+    conv4)  run conv4 30 80 $BENCH --model conv4 --batch $B_SMALL --precision $PREC \
+              --modes biprop,dense --select radix --torch-peer $STEPS ;;
+    wrn50)  run wrn50_2 120 200 $BENCH --model wrn50_2 --batch $B_BIG --precision $PREC \
+              --modes biprop,dense --select radix --torch-peer $STEPS ;;
+    wrn34)  if [ $DRY = 1 ]; then M=resnet20_cifar; B=$B_SMALL; else M=wrn34_2_binact; B=$B_BIG; fi
+            run $M 90 150 $BENCH --model $M --batch $B --precision $PREC \
+              --modes biprop,dense --select radix --torch-peer $STEPS ;;
+    wrn50sort) run "wrn50_2 sort" 70 120 $BENCH --model wrn50_2 --batch $B_BIG \
+              --precision $PREC --modes biprop --select sort $STEPS ;;
+    *) say "unknown group $g" ;;
+  esac
+done
+
+say "=== total $(( $(date +%s) - START ))s"
+$PY benchmarks/summarize.py "$OUT" --title "mpt_jax issue 6 benchmark$([ $DRY = 1 ] && echo ' (DRY RUN)')" \
+  2>&1 | tee -a "$LOG"
+# gpu_results.json holds every row: drop the raw files so that a second script's files
+# still fit the 8 files that come back from the GPU machine.
+[ -s "$OUT/gpu_results.json" ] && rm -f "$OUT/rows.jsonl" "$OUT/select.jsonl" "$OUT/meta.jsonl"

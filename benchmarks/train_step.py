@@ -1,0 +1,364 @@
+"""Throughput of the jitted training step (issue 6), optionally side by side with torch_peer.py.
+
+    python benchmarks/train_step.py --model resnet18_cifar --batch 256 --precision bfloat16 \
+        --modes biprop,dense --select radix,sort --torch-peer
+    python benchmarks/train_step.py --model conv4 --batch 32 --precision float32 --torch-peer \
+        --peer-device cpu                                   # the CPU table of RESULTS.md
+
+What is timed: the real step of mpt_jax.train (``make_parallel_steps``: forward, backward,
+optax update, BN statistics, buffer donation) on one fixed random batch already on the
+device (32x32x3 for CIFAR models, 224x224x3 for ImageNet models), keep_fraction 0.2. The
+step is compiled ahead of time (the compile time is reported on its own), run ``--warmup``
+times, then ``--repeats`` times ``--steps`` steps, each block synchronised with
+``block_until_ready``; the table gives the median. The compiled executable rejects inputs of
+other types, so a step whose output state did not match its input (which would recompile
+under jit) fails loudly instead of being timed.
+
+Columns: images/s and ms/step (median; ``spread`` = (max - min) / median of the repeats),
+``vs dense`` = images/s of this row / images/s of the same model in mode=dense (issue 6
+target >= 0.90 / 0.95), ``mask %`` = 1 - dense step time / this step time (the share of the
+step the mask search and binarisation cost), ``step mem`` = the compiled step's device memory
+(arguments + outputs + temporaries - donated aliases, from XLA's memory analysis), ``peak``
+= the device allocator's peak so far in this process (GPU only; rows run in order, so it
+is exact for the first row and an upper bound afterwards), ``compile`` = lower + compile
+seconds. ``--select`` picks mpt_jax.select's k-th-largest implementation for the biprop rows;
+``noop`` replaces the select by a constant (WRONG masks, timing only: the cost of the mask
+without the threshold search); ``kept_mask`` uses select.kept_mask for the whole mask (tie
+cut-off by a second radix select instead of ops.topk_mask's cumsum).
+
+Row order: biprop with the first --select, then the other modes (dense), then biprop with
+the remaining selects, so that a time limit cuts the least important rows. The torch peer
+runs first, before JAX takes the GPU's memory.
+
+``--torch-peer`` runs ../shared/bench/torch_peer.py (``--peer-path``) in a subprocess for the
+same model and batch (bf16 + channels-last when ``--precision bfloat16``) and prints its
+images/s and ours / peer.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mpt_jax import config_utils, ops, optim, parallel, select, train  # noqa: E402
+
+# model -> (config file, input size, classes). Other models: CIFAR preset if their name ends
+# in _cifar / starts with conv or vgg, else the ImageNet preset.
+CONFIG_FILES = {
+    "conv2": "cifar10_conv2.py", "conv4": "cifar10_conv4.py", "conv6": "cifar10_conv6.py",
+    "conv8": "cifar10_conv8.py", "resnet18_cifar": "cifar10_resnet18.py",
+    "resnet20_cifar": "cifar10_resnet20.py", "vgg_small": "cifar10_vgg_small.py",
+    "wrn50_2": "imagenet_wrn50.py", "wrn34_2_binact": "imagenet_wrn34_binact.py",
+}
+# our model name -> torch_peer.py --model (and its extra flags)
+PEER_MODELS = {"conv4": ("conv4", []), "resnet18_cifar": ("cifar_resnet18", []),
+               "wrn50_2": ("wrn50_2", ["--size", "224"]),
+               "resnet50": ("resnet50", ["--size", "224"])}
+DEFAULT_PEER = os.path.join(_REPO, "..", "shared", "bench", "torch_peer.py")
+SELECTS = ("sort", "radix", "radix_compare", "auto", "noop", "kept_mask")
+
+
+# ---------------------------------------------------------------------------
+# Config and step (the one place that knows mpt_jax.train's API)
+
+
+def load_config(model: str, mode: str, batch: int, precision: str, keep_fraction: float):
+    """The experiment config of ``model`` with the benchmark's overrides, resolved."""
+    name = CONFIG_FILES.get(model)
+    if name is not None:
+        path = os.path.join(_REPO, "configs", name)
+        spec = importlib.util.spec_from_file_location(f"_bench_cfg_{model}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    elif model.endswith("_cifar") or model.startswith(("conv", "vgg", "wide_vgg")):
+        config = config_utils.cifar10_config(model)
+    else:
+        config = config_utils.imagenet_config(model)
+    config = config_utils.resolve(config)  # unlocked copy
+    config.resolved = False
+    config.mode = mode
+    config.batch_size = batch
+    config.precision = precision
+    config.keep_fraction = keep_fraction
+    overridden = {"batch_size", "precision", "keep_fraction", "mode"}
+    return config_utils.resolve(config, overridden)
+
+
+def input_shape(config) -> tuple[int, int, int]:
+    return (32, 32, 3) if config.dataset in ("cifar10", "digits", "mnist") else (224, 224, 3)
+
+
+def build_step(config, mesh, seed: int = 0):
+    """(jitted train step, replicated state, sharded random batch) of mpt_jax.train."""
+    image_shape = input_shape(config)
+    num_classes = config_utils.NUM_CLASSES.get(config.dataset, 10)
+    model = train.create_model(config, num_classes)
+    tx = optim.make_optimizer(config, 1000)
+    state = train.create_train_state(config, model, tx, jax.random.PRNGKey(seed), image_shape)
+    state = parallel.replicate(state, mesh)
+    p_train, _ = train.make_parallel_steps(config, model, tx, mesh)
+    rng = np.random.default_rng(seed)
+    batch = dict(image=rng.standard_normal((config.batch_size, *image_shape), np.float32),
+                 label=rng.integers(0, num_classes, config.batch_size).astype(np.int32))
+    batch = jax.device_put(batch, parallel.batch_sharding(mesh))
+    return p_train, state, batch
+
+
+# ---------------------------------------------------------------------------
+# Timing
+
+
+def _noop_select(values, k):
+    del k
+    return jax.lax.stop_gradient(values[0])
+
+
+def _kept_mask_topk(magnitudes, kept):
+    return select.kept_mask(magnitudes.reshape(-1), kept).reshape(magnitudes.shape)
+
+
+class _SelectChoice:
+    """Sets mpt_jax.select's implementation (or a variant) while a step is traced.
+
+    ``noop``: the threshold is a constant (wrong masks; timing only). ``kept_mask``: radix
+    threshold and ops.topk_mask replaced by select.kept_mask (tie cut-off without a cumsum),
+    i.e. what the step costs if ops adopts it.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self._saved = select.kth_largest, ops.topk_mask
+        if self.name == "noop":
+            select.kth_largest = _noop_select
+        elif self.name == "kept_mask":
+            select.set_implementation("radix")
+            ops.topk_mask = _kept_mask_topk
+        else:
+            select.set_implementation(self.name)
+
+    def __exit__(self, *exc):
+        select.kth_largest, ops.topk_mask = self._saved
+        select.set_implementation(None)
+
+
+def _gib(nbytes) -> float | None:
+    return None if nbytes is None else round(nbytes / 2 ** 30, 3)
+
+
+def _step_memory(compiled) -> int | None:
+    try:
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                   - m.alias_size_in_bytes)
+    except Exception:  # noqa: BLE001  (not every backend reports it)
+        return None
+
+
+def _peak_memory() -> int | None:
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001
+        return None
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def measure(config, mesh, select_name: str, warmup: int, steps: int, repeats: int) -> dict:
+    """Compiles and times one configuration; returns one table row."""
+    t0 = time.perf_counter()
+    with _SelectChoice("auto" if select_name == "-" else select_name):
+        p_train, state, batch = build_step(config, mesh)
+        t1 = time.perf_counter()
+        compiled = p_train.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t1
+    for _ in range(warmup):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    loss = float(metrics["loss"])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+        times.append((time.perf_counter() - start) / steps)
+    med = statistics.median(times)
+    return dict(model=config.model, mode=config.mode, batch=config.batch_size,
+                precision=str(jnp.dtype(train.compute_dtype(config))),
+                select=select_name if config.mode in ("biprop", "edgepopup") else "-",
+                images_per_s=round(config.batch_size / med, 1), ms_per_step=round(med * 1e3, 3),
+                spread=round((max(times) - min(times)) / med, 3),
+                step_mem_gib=_gib(_step_memory(compiled)), peak_gib=_gib(_peak_memory()),
+                compile_s=round(compile_s, 1), setup_s=round(t1 - t0, 1),
+                loss_after_warmup=round(loss, 4), finite=bool(np.isfinite(loss)),
+                device=jax.devices()[0].device_kind, backend=jax.default_backend(),
+                jax=jax.__version__, num_devices=len(mesh.devices.reshape(-1)))
+
+
+# ---------------------------------------------------------------------------
+# PyTorch peer
+
+
+def run_peer(model: str, batch: int, precision: str, device: str, peer_path: str,
+             steps: int, warmup: int, python: str, timeout: float) -> dict:
+    """images/s of torch_peer.py for the same model and batch (or why there is none)."""
+    if model not in PEER_MODELS:
+        return dict(status="report", note=f"torch_peer has no {model}")
+    if not os.path.exists(peer_path):
+        return dict(status="missing", note=f"no torch_peer.py at {peer_path} (--peer-path)")
+    name, extra = PEER_MODELS[model]
+    cmd = [python, peer_path, "--model", name, "--batch", str(batch), "--device", device,
+           "--steps", str(steps), "--warmup", str(warmup), *extra]
+    if precision == "bfloat16":
+        cmd += ["--bf16", "--channels-last"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(status="timeout", note=f"torch_peer exceeded {timeout:.0f} s")
+    for line in reversed(out.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            result = json.loads(line)
+            result["status"] = "ok"
+            result["command"] = " ".join(cmd[1:])
+            return result
+    tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+    return dict(status="failed", note=tail[0][:200], command=" ".join(cmd[1:]))
+
+
+# ---------------------------------------------------------------------------
+# Table
+
+COLUMNS = [("model", "model"), ("mode", "mode"), ("batch", "batch"), ("precision", "prec"),
+           ("select", "select"), ("images_per_s", "images/s"), ("ms_per_step", "ms/step"),
+           ("spread", "spread"), ("vs_dense", "vs dense"), ("mask_pct", "mask %"),
+           ("peer_images_per_s", "peer images/s"), ("vs_peer", "ours/peer"),
+           ("step_mem_gib", "step mem GiB"), ("peak_gib", "peak GiB"),
+           ("compile_s", "compile s")]
+
+
+def add_ratios(rows: list[dict]) -> None:
+    dense = {(r["model"], r["batch"], r["precision"]): r for r in rows
+             if r.get("mode") == "dense" and "images_per_s" in r}
+    for r in rows:
+        d = dense.get((r.get("model"), r.get("batch"), r.get("precision")))
+        if d is not None and r.get("mode") != "dense" and "images_per_s" in r:
+            r["vs_dense"] = round(r["images_per_s"] / d["images_per_s"], 3)
+            r["mask_pct"] = round(100.0 * (1.0 - d["ms_per_step"] / r["ms_per_step"]), 1)
+        peer = r.get("peer_images_per_s")
+        if isinstance(peer, (int, float)) and "images_per_s" in r:
+            r["vs_peer"] = round(r["images_per_s"] / peer, 2)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:g}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def row_plan(modes: list[str], selects: list[str]) -> list[tuple[str, str]]:
+    """(mode, select) pairs: main biprop row, other modes, then the other select variants."""
+    masked = [m for m in modes if m in ("biprop", "edgepopup")]
+    first = [(m, selects[0]) for m in masked]
+    others = [(m, "-") for m in modes if m not in masked]
+    rest = [(m, s) for m in masked for s in selects[1:]]
+    return first + others + rest
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--modes", default="biprop,dense",
+                    help="comma list of biprop|edgepopup|dense|binary_trained")
+    ap.add_argument("--select", default="auto", help=f"comma list of {'|'.join(SELECTS)}")
+    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
+    ap.add_argument("--keep-fraction", type=float, default=0.2)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--torch-peer", action="store_true")
+    ap.add_argument("--peer-path", default=DEFAULT_PEER)
+    ap.add_argument("--peer-device", default=None, help="cuda | cpu (default: ours)")
+    ap.add_argument("--peer-python", default=sys.executable)
+    ap.add_argument("--peer-steps", type=int, default=20)
+    ap.add_argument("--peer-warmup", type=int, default=5)
+    ap.add_argument("--peer-timeout", type=float, default=300)
+    ap.add_argument("--json", default=None, help="append the rows as JSON lines to this file")
+    ap.add_argument("--markdown", default=None, help="write the table to this file")
+    args = ap.parse_args(argv)
+
+    selects = [s.strip() for s in args.select.split(",") if s.strip()]
+    for s in selects:
+        if s not in SELECTS:
+            ap.error(f"--select {s!r}: choose from {', '.join(SELECTS)}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    plan = row_plan(modes, selects)
+    peer = None
+    if args.torch_peer:  # before JAX initialises the GPU (it preallocates most of its memory)
+        precision = args.precision
+        if precision == "auto":
+            precision = "bfloat16" if shutil.which("nvidia-smi") else "float32"
+        device = args.peer_device or ("cuda" if shutil.which("nvidia-smi") else "cpu")
+        peer = run_peer(args.model, args.batch, precision, device, args.peer_path,
+                        args.peer_steps, args.peer_warmup, args.peer_python, args.peer_timeout)
+        print(json.dumps(dict(peer=peer)), flush=True)
+    mesh = parallel.make_mesh(jax.devices()[:1])  # one device: per-chip throughput
+    print(f"# {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}",
+          flush=True)
+    rows = []
+    for mode, sel in plan:
+        config = load_config(args.model, mode, args.batch, args.precision, args.keep_fraction)
+        try:
+            row = measure(config, mesh, sel, args.warmup, args.steps, args.repeats)
+        except Exception as e:  # noqa: BLE001  (one failed row must not lose the others)
+            row = dict(model=args.model, mode=mode, batch=args.batch,
+                       precision=args.precision, select=sel,
+                       error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        if peer is not None:
+            row["peer_status"] = peer["status"]
+            row["peer_images_per_s"] = (peer["images_per_s"] if peer["status"] == "ok"
+                                        else peer["status"])  # report | failed | timeout ...
+            if peer.get("note"):
+                row["peer_note"] = peer["note"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:  # at once: a later row may be killed by a time limit
+            with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    add_ratios(rows)
+    table = markdown_table(rows)
+    print(table, flush=True)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

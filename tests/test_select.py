@@ -1,0 +1,292 @@
+"""Exact k-th largest (mpt_jax.select): every implementation against a float64 NumPy sort.
+
+The threshold feeds ops.topk_mask, so exactness matters bit for bit: a threshold one ulp off
+changes the kept set (SPEC 1.2; issue 6: "exactly the same kept set as the sort, ties
+included").
+"""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mpt_jax import ops, select
+
+IMPLS = ("sort", "radix", "radix_compare")
+FUNCS = {"sort": select.kth_largest_sort, "radix": select.kth_largest_radix,
+         "radix_compare": select.kth_largest_radix_compare}
+
+
+@pytest.fixture(autouse=True)
+def _restore_implementation():
+    yield
+    select.set_implementation(None)
+
+
+def _ref(values: np.ndarray, k: int) -> float:
+    """Independent reference: float64 ascending sort, index n - k."""
+    return float(np.sort(values.astype(np.float64))[values.size - k])
+
+
+def _make(kind: str, n: int, rng) -> np.ndarray:
+    if kind == "uniform":  # |kaiming-uniform scores|-like: a few exponents dominate
+        return np.abs(rng.uniform(-0.1, 0.1, n)).astype(np.float32)
+    if kind == "ties":  # only 5 distinct values: every threshold is a heavy tie
+        return (rng.integers(0, 5, n) * 0.25).astype(np.float32)
+    if kind == "zeros":  # mostly exact zeros (and one -0.0), a few ones
+        v = np.zeros(n, np.float32)
+        v[rng.permutation(n)[: max(1, n // 7)]] = 1.0
+        v[0] = -0.0
+        return v
+    if kind == "wide":  # magnitudes spread over ~70 binades, incl. denormals and max float
+        v = (rng.random(n) * 10.0 ** rng.integers(-44, 38, n)).astype(np.float32)
+        v[rng.integers(0, n, max(1, n // 50))] = np.finfo(np.float32).max
+        return np.abs(v)
+    raise AssertionError(kind)
+
+
+def _ks(n: int):
+    return sorted({1, 2 if n >= 2 else 1, max(1, n // 5), max(1, n // 2), n})
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("n", [1, 2, 3, 1000, 4099])
+@pytest.mark.parametrize("kind", ["uniform", "ties", "zeros"])
+def test_matches_float64_sort(impl, n, kind):
+    rng = np.random.default_rng(n * 7 + len(kind))
+    values = _make(kind, n, rng)
+    fn = jax.jit(FUNCS[impl])
+    for k in _ks(n):
+        got = fn(jnp.asarray(values), jnp.int32(k))
+        assert got.dtype == jnp.float32
+        assert float(got) == _ref(values, k), (impl, n, kind, k)
+
+
+@pytest.mark.parametrize("impl", ["radix", "radix_compare"])
+def test_wide_range_and_denormals_bit_exact(impl):
+    # XLA:CPU flushes denormals in compares and sorts (DAZ), so only the radix selects,
+    # which work on the bit patterns, can return the exact denormal k-th largest.
+    rng = np.random.default_rng(1)
+    values = _make("wide", 5000, rng)
+    values[:300] = (rng.integers(1, 40, 300) * np.float32(1.4e-45)).astype(np.float32)
+    assert np.sum((values > 0) & (values < np.finfo(np.float32).tiny)) >= 250
+    fn = jax.jit(FUNCS[impl])
+    for k in [1, 7, 2500, 4700, 4701, 4750, 5000]:
+        got = np.float32(fn(jnp.asarray(values), jnp.int32(k)))
+        want = np.float32(_ref(values, k))
+        assert got.view(np.uint32) == want.view(np.uint32), (k, got, want)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_large_layer(impl):
+    # 2**20 + 3 entries: more than one full histogram of every digit, odd size.
+    n = 2 ** 20 + 3
+    rng = np.random.default_rng(2)
+    values = _make("uniform", n, rng)
+    values[rng.integers(0, n, 5000)] = values[123]  # a heavy tie in the middle
+    fn = jax.jit(FUNCS[impl])
+    order = np.sort(values.astype(np.float64))
+    k_tie = n - int(np.searchsorted(order, values[123]))  # k exactly at the tied value
+    for k in [1, n // 5, k_tie] + ([] if impl == "sort" else [n]):
+        assert float(fn(jnp.asarray(values), jnp.int32(k))) == order[n - k], k
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_traced_k_does_not_recompile(impl):
+    values = jnp.asarray(_make("uniform", 777, np.random.default_rng(3)))
+    chex.clear_trace_counter()  # the counter is per code location, shared by parametrizations
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def threshold(v, k):
+        return FUNCS[impl](v, k)
+
+    host = np.asarray(values)
+    for k in [1, 5, 300, 777]:
+        assert float(threshold(values, jnp.int32(k))) == _ref(host, k)
+
+
+def test_python_int_k_and_bad_arguments():
+    values = jnp.asarray([0.5, 0.25, 0.75], jnp.float32)
+    for impl in IMPLS:
+        assert float(FUNCS[impl](values, 2)) == 0.5
+        with pytest.raises(ValueError, match="k=4"):
+            FUNCS[impl](values, 4)
+        with pytest.raises(ValueError, match="k=0"):
+            FUNCS[impl](values, 0)
+    with pytest.raises(ValueError, match="flat"):
+        select.kth_largest(jnp.ones((2, 2)), 1)
+    with pytest.raises(ValueError, match="empty"):
+        select.kth_largest(jnp.ones((0,)), 1)
+    with pytest.raises(ValueError, match="float"):
+        select.kth_largest(jnp.arange(4), 1)
+    with pytest.raises(ValueError, match="heapsort"):
+        select.set_implementation("heapsort")
+
+
+def test_out_of_range_traced_k_is_clamped_like_the_sort():
+    values = jnp.asarray([3.0, 1.0, 2.0], jnp.float32)
+    for impl in IMPLS:
+        fn = jax.jit(FUNCS[impl])
+        assert float(fn(values, jnp.int32(0))) == 3.0
+        assert float(fn(values, jnp.int32(9))) == 1.0
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_inputs(dtype):
+    host = np.abs(np.random.default_rng(4).normal(size=999)).astype(np.float32)
+    values = jnp.asarray(host).astype(dtype)
+    exact = np.asarray(values.astype(jnp.float32))
+    for impl in IMPLS:
+        got = FUNCS[impl](values, 100)
+        assert got.dtype == dtype
+        assert float(got) == _ref(exact, 100)
+
+
+def test_vmap_over_layers_and_k():
+    rng = np.random.default_rng(5)
+    stacked = np.abs(rng.normal(size=(4, 300))).astype(np.float32)
+    stacked[1, :150] = 0.5  # a tie-heavy row
+    ks = np.array([1, 150, 200, 300], np.int32)
+    for impl in IMPLS:
+        got = jax.vmap(FUNCS[impl])(jnp.asarray(stacked), jnp.asarray(ks))
+        want = [_ref(stacked[i], int(ks[i])) for i in range(4)]
+        np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+        select.set_implementation(impl)
+        masks = np.asarray(jax.vmap(select.kept_mask)(jnp.asarray(stacked), jnp.asarray(ks)))
+        for row, k, mask in zip(stacked, ks, masks):  # stable descending sort's top k
+            want = np.zeros(row.size, bool)
+            want[np.argsort(-row.astype(np.float64), kind="stable")[:k]] = True
+            np.testing.assert_array_equal(mask, want)
+
+
+def test_gradient_context_is_safe():
+    # Under jax.grad the threshold is a constant (the mask STE lives in ops.custom_vjp);
+    # differentiating through it must neither fail nor produce NaN.
+    values = jnp.asarray(np.abs(np.random.default_rng(6).normal(size=50)), jnp.float32)
+    for impl in ("radix", "radix_compare"):
+        g = jax.grad(lambda v: FUNCS[impl](v, 10) * 2.0)(values)
+        assert np.all(np.isfinite(np.asarray(g)))
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_many_matches_single(batched):
+    rng = np.random.default_rng(7)
+    arrays = [_make(kind, n, rng) for kind, n in
+              [("uniform", 1), ("ties", 10), ("zeros", 999), ("uniform", 4096), ("ties", 37)]]
+    arrays[3] = arrays[3].reshape(64, 64)  # arrays are flattened
+    ks = [1, 4, 143, 820, 37]
+    select.set_implementation("radix")
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def thresholds(arrs, kvec):
+        return select.kth_largest_many(arrs, kvec, batched=batched)
+
+    for shift in [0, 1]:  # a new k vector must not retrace
+        kvec = jnp.asarray([max(1, k - shift) for k in ks], jnp.int32)
+        got = thresholds([jnp.asarray(a) for a in arrays], kvec)
+        want = [_ref(a.reshape(-1), max(1, k - shift)) for a, k in zip(arrays, ks)]
+        assert [float(x) for x in got] == want
+
+
+def test_many_validates_lengths():
+    with pytest.raises(ValueError, match="one k per array"):
+        select.kth_largest_many([jnp.ones(3), jnp.ones(4)], [1])
+    assert select.kth_largest_many([], []) == []
+
+
+@pytest.mark.parametrize("kind", ["uniform", "ties", "zeros", "wide"])
+def test_topk_mask_kept_set_identical_to_sort(kind):
+    # The property ops relies on: the kept set (ties resolved to the lowest flat indices)
+    # is the same whichever implementation finds the threshold, and it is the set of a
+    # stable descending sort (computed here in NumPy).
+    rng = np.random.default_rng(8)
+    n = 3001
+    values = _make(kind, n, rng)
+    masks = {}
+    for impl in IMPLS:
+        select.set_implementation(impl)
+        # A fresh lambda per implementation: jax caches traces per function object, and
+        # the implementation is chosen at trace time.
+        mask_fn = jax.jit(lambda v, k: ops.topk_mask(v, k))
+        masks[impl] = [np.asarray(mask_fn(jnp.asarray(values), jnp.int32(k)))
+                       for k in (1, 600, 1500, n)]
+    for impl in IMPLS[1:]:
+        for m_sort, m_other in zip(masks["sort"], masks[impl]):
+            np.testing.assert_array_equal(m_sort, m_other)
+    if kind != "wide":  # XLA:CPU compares flush denormals; "wide" has some
+        for k, mask in zip((1, 600, 1500, n), masks["radix"]):
+            order = np.argsort(-values.astype(np.float64), kind="stable")
+            want = np.zeros(n, bool)
+            want[order[:k]] = True
+            np.testing.assert_array_equal(mask, want)
+
+
+def test_selection_by_environment_variable(monkeypatch):
+    values = jnp.asarray([1.0, 2.0], jnp.float32)
+    monkeypatch.setenv("MPT_JAX_SELECT", "radix_compare")
+    assert select.get_implementation() == "radix_compare"
+    monkeypatch.setenv("MPT_JAX_SELECT", "bogus")
+    with pytest.raises(ValueError, match="MPT_JAX_SELECT"):
+        select.kth_largest(values, 1)
+    select.set_implementation("sort")  # the function call beats the environment
+    assert select.get_implementation() == "sort"
+    select.set_implementation(None)
+    monkeypatch.delenv("MPT_JAX_SELECT")
+    assert select.get_implementation() == "auto"
+    monkeypatch.setenv("MPT_JAX_SELECT_COPIES", "0")
+    with pytest.raises(ValueError, match="MPT_JAX_SELECT_COPIES"):
+        select.kth_largest_radix(values, 1)
+
+
+def test_histogram_copies_give_identical_results(monkeypatch):
+    # The GPU default privatises the histogram into 32 copies; same answers on CPU.
+    values = _make("ties", 5000, np.random.default_rng(9))
+    monkeypatch.setenv("MPT_JAX_SELECT_COPIES", "32")
+    for k in [1, 1234, 5000]:
+        assert float(select.kth_largest_radix(jnp.asarray(values), k)) == _ref(values, k)
+        got = select.kth_largest_many([jnp.asarray(values)] * 2, [k, k], batched=True)
+        assert [float(x) for x in got] == [_ref(values, k)] * 2
+
+
+def test_auto_uses_radix_on_cpu():
+    # "auto" lowers per platform; on CPU it must be the radix select (no sort in the HLO).
+    values = jnp.ones((64,), jnp.float32)
+    select.set_implementation("auto")
+    def compiled_hlo():
+        fn = jax.jit(lambda v, k: select.kth_largest(v, k))
+        return fn.lower(values, jnp.int32(3)).compile().as_text()
+
+    hlo = compiled_hlo()
+    assert " scatter(" in hlo and " sort(" not in hlo
+    select.set_implementation("sort")
+    assert " sort(" in compiled_hlo()
+
+
+@pytest.mark.parametrize("impl", IMPLS + ("auto",))
+@pytest.mark.parametrize("kind", ["uniform", "ties", "zeros"])
+def test_kept_mask_is_the_stable_sort_top_k(kind, impl):
+    # select.kept_mask finds the tie cut-off by a second radix select instead of ops'
+    # cumsum; it must keep exactly the set of a stable descending sort (NumPy, float64).
+    rng = np.random.default_rng(10)
+    n = 2999
+    values = _make(kind, n, rng)
+    order = np.argsort(-values.astype(np.float64), kind="stable")
+    select.set_implementation(impl)
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def mask_fn(v, k):
+        return select.kept_mask(v, k)
+
+    for k in (1, 2, 600, 1500, n - 1, n):
+        want = np.zeros(n, bool)
+        want[order[:k]] = True
+        np.testing.assert_array_equal(np.asarray(mask_fn(jnp.asarray(values), jnp.int32(k))),
+                                      want)
+    np.testing.assert_array_equal(  # and the same as ops.topk_mask, for a Python int k
+        np.asarray(select.kept_mask(jnp.asarray(values), 700)),
+        np.asarray(ops.topk_mask(jnp.asarray(values), 700)))
