@@ -6,23 +6,35 @@ two items: ``state`` (the whole TrainState: params, frozen W, BN statistics, opt
 pruning thresholds, current keep fraction, rng) and ``meta`` (JSON: next epoch, step in that
 epoch, global step, best metrics, last evaluation, config, fingerprint).
 
-Orbax writes each save into a temporary directory and renames it when complete, so a save
-killed half-way is never read; a failed save leaves the previous one intact.
+Crash safety (issue 4): orbax writes each save into ``<step>.orbax-checkpoint-tmp*`` and
+renames it to ``<step>`` only when every item is complete, and ``latest_step`` lists only
+finalized steps, so a save killed half-way (SIGKILL, power loss) is never read; leftover
+temporary directories are deleted when the next run opens the workdir. A save that fails
+(disk full, I/O error) raises ``CheckpointWriteError`` and leaves the previous saves intact:
+``max_to_keep`` only deletes old steps after a new one is finalized. Tests inject faults
+inside a save through two environment variables (never set them in real runs):
+``MPT_JAX_TEST_PAUSE_IN_SAVE=<global step>`` (the save of that step prints a marker and
+sleeps after part of it is written, so a test can SIGKILL it) and
+``MPT_JAX_FAIL_SAVE_AT_EPOCH=<epoch>`` (the save at the end of that epoch raises
+``OSError(ENOSPC)`` after part of it is written).
 
 ``load_for_inference(workdir, which)`` returns numpy trees without needing the model.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import sys
+import time
 import uuid
 
 import jax
 import numpy as np
 
 from mpt_jax import config_utils
-from mpt_jax.errors import CheckpointError
+from mpt_jax.errors import CheckpointError, CheckpointWriteError
 
 ITEMS = ("state", "meta")
 
@@ -47,6 +59,35 @@ def check_writable(directory: str) -> None:
                               "another --workdir or free disk space") from None
 
 
+def check_free_space(directory: str, needed_bytes: int) -> None:
+    """Refuses to start when ``directory``'s file system has less than ``needed_bytes`` free
+    (the caller asks for room for every checkpoint the run keeps plus one being written)."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return  # unknown file system: the probe write already succeeded
+    if free < needed_bytes:
+        raise CheckpointError(
+            f"workdir {directory} has {free / 2**20:.1f} MiB free but the checkpoints need about "
+            f"{needed_bytes / 2**20:.1f} MiB; free disk space or choose another --workdir")
+
+
+def tree_nbytes(tree) -> int:
+    return int(sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
+
+
+def _remove_partial_saves(directory: str) -> None:
+    """Deletes ``<step>.orbax-checkpoint-tmp*`` directories left by a save that was killed
+    (orbax never lists them as steps; deleting them frees the disk). Synchronous, unlike
+    orbax's ``cleanup_tmp_directories``, whose background thread can outlive a failing run."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if ".orbax-checkpoint-tmp" in name:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
 def _state_dict(state):
     from flax import serialization  # noqa: PLC0415
     return serialization.to_state_dict(state)
@@ -57,6 +98,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int = 2, restart: bool = False):
         self.workdir = workdir
+        self.keep = keep
         self.directory = os.path.join(workdir, "checkpoints")
         if jax.process_index() == 0:
             check_writable(workdir)
@@ -69,6 +111,8 @@ class Checkpointer:
         ocp = _ocp()
 
         def manager(sub, max_to_keep):
+            if jax.process_index() == 0:
+                _remove_partial_saves(os.path.join(self.directory, sub))
             options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                    enable_async_checkpointing=False)
             return ocp.CheckpointManager(os.path.join(self.directory, sub), options=options,
@@ -96,8 +140,11 @@ class Checkpointer:
         if step is None:
             return "none (no checkpoint was written yet)"
         meta = self.latest_meta()
-        return (f"{os.path.join(self.directory, 'latest', str(step))} (epoch {meta['epoch']}, "
-                f"step {meta['step_in_epoch']} in that epoch)")
+        epoch, in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
+        where = ("before the first step" if epoch == in_epoch == 0 else
+                 f"end of epoch {epoch}" if in_epoch == 0 else
+                 f"epoch {epoch + 1}, step {in_epoch} of that epoch")
+        return f"{os.path.join(self.directory, 'latest', str(step))} (global step {step}, {where})"
 
     def save(self, state, meta: dict, best: bool = False) -> None:
         """Saves ``state`` + ``meta`` as global step ``meta['global_step']`` (and as best)."""
@@ -107,19 +154,32 @@ class Checkpointer:
         from mpt_jax import parallel  # noqa: PLC0415
         host_state = parallel.to_host(_state_dict(state))
         args = ocp.args.Composite(state=ocp.args.PyTreeSave(host_state),
-                                  meta=ocp.args.JsonSave(meta))
+                                  meta=_meta_args("save")(meta))
         step = int(meta["global_step"])
         targets = [self._latest] + ([self._best] if best else [])
         for mngr in targets:
             try:
-                if step in mngr.all_steps():  # e.g. a stop right after an epoch-end save
-                    mngr.delete(step)
-                mngr.save(step, args=args, force=True)
-                mngr.wait_until_finished()
-            except OSError as e:
-                raise CheckpointError(
-                    f"could not write checkpoint step {step} in {self.directory} ({e}); the "
-                    f"previous checkpoint is intact: {self.describe_latest()}") from None
+                with _quiet_orbax_errors():
+                    if step in mngr.all_steps():
+                        if _same_point(_read_meta(mngr, step), meta):
+                            continue  # e.g. a signal right after an epoch-end save: nothing new
+                        # A different record of the same step (an evaluation was added):
+                        # replace it. Not atomic, but "latest" keeps an older step (keep >= 2).
+                        mngr.delete(step)
+                    try:
+                        mngr.save(step, args=args, force=True)
+                        mngr.wait_until_finished()
+                    except BaseException:
+                        _drain(mngr)  # let orbax's writer threads end before we report
+                        raise
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:  # noqa: BLE001  (tensorstore reports ENOSPC as ValueError)
+                raise CheckpointWriteError(
+                    f"could not write checkpoint step {step} in {self.directory} "
+                    f"({type(e).__name__}: {config_utils.one_line(e)[:300]}); the previous "
+                    f"checkpoint is intact: {self.describe_latest()}. Free disk space (or fix the "
+                    "workdir) and run the same command again to resume from it") from None
 
     def restore(self, template_state, mesh=None, which: str = "latest"):
         """Restores (state, meta) of the newest save into the structure of ``template_state``
@@ -155,10 +215,84 @@ class Checkpointer:
             mngr.close()
 
 
+class _quiet_orbax_errors:
+    """Orbax's writer threads log a failed save with a full traceback (absl logger); the
+    failure is reported once, as one line, by ``CheckpointWriteError`` instead."""
+
+    def __enter__(self):
+        import logging  # noqa: PLC0415
+        self._logger = logging.getLogger("absl")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+
+
+def _drain(mngr) -> None:
+    import time as _time  # noqa: PLC0415
+    try:
+        mngr.wait_until_finished()
+    except Exception:  # noqa: BLE001  (the same failure, already being reported)
+        pass
+    _time.sleep(0.2)  # orbax's metadata thread finishes just after the commit future
+
+
+def _same_point(a: dict, b: dict) -> bool:
+    keys = ("epoch", "step_in_epoch", "global_step", "last_eval", "best", "result")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
 def _item_handlers() -> dict:
     # Explicit handlers: reading metadata or one item then needs no guessing (and logs nothing).
     ocp = _ocp()
-    return dict(state=ocp.PyTreeCheckpointHandler(), meta=ocp.JsonCheckpointHandler())
+    return dict(state=ocp.PyTreeCheckpointHandler(), meta=_meta_handler_class()())
+
+
+_META = {}
+
+
+def _meta_handler_class():
+    """JsonCheckpointHandler plus the test-only fault hooks (module docstring): they run while
+    the save is inside orbax's temporary directory, after the meta item was written."""
+    if not _META:
+        ocp = _ocp()
+        from orbax.checkpoint import checkpoint_args  # noqa: PLC0415
+
+        class MetaHandler(ocp.JsonCheckpointHandler):
+            async def _save_fn(self, x, directory):
+                await super()._save_fn(x, directory)
+                _fault_hooks(x, directory)
+
+        # Own args classes, registered with MetaHandler (orbax finds the handler by args type).
+        @checkpoint_args.register_with_handler(MetaHandler, for_save=True)
+        class MetaSave(ocp.args.JsonSave):
+            pass
+
+        @checkpoint_args.register_with_handler(MetaHandler, for_restore=True)
+        class MetaRestore(ocp.args.JsonRestore):
+            pass
+
+        _META.update(handler=MetaHandler, save=MetaSave, restore=MetaRestore)
+    return _META["handler"]
+
+
+def _meta_args(kind: str):
+    _meta_handler_class()
+    return _META[kind]
+
+
+def _fault_hooks(meta: dict, directory) -> None:
+    pause = os.environ.get("MPT_JAX_TEST_PAUSE_IN_SAVE")
+    if pause and int(pause) == int(meta.get("global_step", -1)):
+        print(f"test-hook: pausing inside the save of step {meta['global_step']} "
+              f"({directory})", flush=True)
+        sys.stdout.flush()
+        time.sleep(600)
+    fail = os.environ.get("MPT_JAX_FAIL_SAVE_AT_EPOCH")
+    if fail and int(fail) == int(meta.get("epoch", -1)) and not meta.get("step_in_epoch"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
 
 
 def _restore_numpy(mngr, step):
@@ -182,7 +316,7 @@ def _read_meta(mngr, step) -> dict:
         with open(path) as f:
             return dict(json.load(f))
     ocp = _ocp()
-    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    return dict(mngr.restore(step, args=ocp.args.Composite(meta=_meta_args("restore")()))["meta"])
 
 
 def check_compatible(meta: dict, config, workdir: str) -> None:

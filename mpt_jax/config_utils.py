@@ -84,10 +84,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Run control.
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 1
+    c.checkpoint_every_steps = 0   # also checkpoint every N global steps mid-epoch (0 = off)
     c.max_train_steps = -1         # -1 = no limit (smoke tests)
     c.restart = False              # discard an existing checkpoint in the workdir
     c.stop_if_not_learning = False # SPEC 6.6 / 8.32: stop if best top-1 < 2 % after epoch 2
     c.progress_bar = True
+    c.debug_nan_at_step = -1       # tests only: make global step N (1-based) non-finite
     # Hyperparameters that replace the fields above when mode selects a baseline, unless the
     # field itself is overridden on the command line.
     c.baseline_hparams = ml_collections.ConfigDict({m: {} for m in MODES if m != "biprop"})
@@ -317,7 +319,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
                   "checkpoint_every_epochs"):
         _positive_int(config, field)
-    for field in ("warmup_epochs", "prune_ramp_epochs"):
+    for field in ("warmup_epochs", "prune_ramp_epochs", "checkpoint_every_steps"):
         _positive_int(config, field, allow_zero=True)
     if config.warmup_epochs and config.warmup_epochs >= config.num_epochs:
         raise ConfigError(f"warmup_epochs={config.warmup_epochs} must be smaller than "
@@ -325,6 +327,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     mts = config.get("max_train_steps", -1)
     if not isinstance(mts, int) or isinstance(mts, bool) or (mts != -1 and mts <= 0):
         raise ConfigError(f"max_train_steps must be -1 (no limit) or a positive integer; got {mts!r}")
+    nan_step = config.get("debug_nan_at_step", -1)
+    if not isinstance(nan_step, int) or isinstance(nan_step, bool) or (
+            nan_step != -1 and nan_step <= 0):
+        raise ConfigError(f"debug_nan_at_step must be -1 (off) or a positive step; "
+                          f"got {nan_step!r}")
     _number(config, "learning_rate", 0.0, math.inf, low_open=True, high_open=True)
     _number(config, "momentum", 0.0, 1.0, high_open=True)
     _number(config, "weight_decay", 0.0, math.inf, high_open=True)
@@ -395,8 +402,15 @@ def flag_error_message(error: Exception, argv) -> str:
     if "Failed loading config file" in text or "earlier failure to load" in text:
         return f"cannot load the config file: {text.split('Attempted')[-1].strip()}"
     if isinstance(error, (KeyError, AttributeError)):
-        key = text.strip("\"' ")
+        # ml_collections: "'key'\nDid you mean "other" instead of "key"?" (KeyError adds repr).
+        raw = error.args[0] if error.args else text
+        while isinstance(raw, BaseException):  # AttributeError(KeyError(...))
+            raw = raw.args[0] if raw.args else ""
+        raw = str(raw)
+        first, _, hint = raw.partition("\n")
+        key = first.strip("\"' ").split(".")[-1]
         arg = next((a for a in argv if a.startswith("--config.") and key in a.split("=")[0]), key)
-        return (f"unknown config field in {arg!r}: the config has no field {key!r} (see "
+        hint = f"; {one_line(hint)}" if hint.strip() else ""
+        return (f"unknown config field in {arg!r}: the config has no field {key!r}{hint} (see "
                 "config_utils.base_config and the config file for valid fields)")
     return text

@@ -1,7 +1,9 @@
 """Exceptions for user errors: bad configs, bad data, unusable workdirs.
 
-``main`` prints ``error: <message>`` (one line, no traceback) and exits with status 2 for
-any ``UserError``. Library code raises the most specific subclass; ``ConfigError`` is also a
+``main`` prints ``error: <message>`` (one line, no traceback) and exits with the error's
+``exit_code``: 2 for bad input (config, data, workdir), 3 when training stopped on a
+non-finite loss or gradient, 4 when a checkpoint could not be written during training, 143 /
+130 when SIGTERM / Ctrl-C stopped the run after saving a checkpoint. Library code raises the most specific subclass; ``ConfigError`` is also a
 ``ValueError`` so callers that only know the "bad input is a ValueError" rule still work.
 """
 from __future__ import annotations
@@ -30,10 +32,25 @@ class CheckpointError(UserError):
     """A workdir whose checkpoint cannot be used with this config, or that cannot be written."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint save failed during training (disk full, I/O error); the previous one is kept."""
+
+    exit_code = 4
+
+
 class TrainingError(UserError):
     """Training cannot continue (e.g. non-finite loss); the message names the last good checkpoint."""
 
     exit_code = 3
+
+
+class Interrupted(TrainingError):
+    """SIGTERM / SIGINT stopped the run after a checkpoint was written (exit 143 / 130).
+
+    ``main`` appends the exact command that resumes the run.
+    """
+
+    exit_code = 130
 
 
 def one_line(message: object) -> str:

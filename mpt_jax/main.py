@@ -2,18 +2,23 @@
 
 ``--config.<field>=<value>`` overrides any config field; rerunning with the same workdir resumes
 (a finished run prints its stored result at once). User errors (bad config, data or workdir)
-print ``error: <one line>`` to stderr and exit with status 2, without a traceback.
+print ``error: <one line>`` to stderr and exit with status 2, without a traceback. Exit codes
+(issue 4): 0 done; 2 bad input; 3 non-finite loss / gradients (the last good checkpoint is
+kept); 4 a checkpoint could not be written; 143 / 130 stopped by SIGTERM / Ctrl-C after a
+checkpoint was written (the message holds the command that resumes the run).
 """
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import sys
 
 from absl import flags
 from ml_collections import config_flags
 
 from mpt_jax import config_utils
-from mpt_jax.errors import UserError, one_line
+from mpt_jax.errors import Interrupted, UserError, one_line
 
 FLAGS = flags.FLAGS
 
@@ -35,14 +40,32 @@ def _define_flags() -> None:
                       "by JAX_COORDINATOR_ADDRESS in the environment).")
 
 
-def _user_error_types() -> tuple:
-    from mpt_jax.data.errors import DataError  # noqa: PLC0415  (data's own ValueError class)
-    return UserError, DataError
-
-
 def _fail(message: object, code: int = 2) -> int:
     print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
     return code
+
+
+class _Terminated(BaseException):
+    """SIGTERM before the training loop (which has its own handler) started."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def resume_command(argv: list[str], workdir: str) -> str:
+    """The command that resumes this run: the same arguments without ``restart`` (rerunning
+    with --config.restart=True would discard the checkpoint that was just written), with the
+    workdir made absolute so that it works from any directory."""
+    args, skip = [], False
+    for a in argv[1:]:
+        name = a.split("=")[0]
+        if skip or name in ("--config.restart", "--workdir", "-workdir"):
+            skip = a in ("--workdir", "-workdir")  # "--workdir DIR": drop DIR too
+            continue
+        args.append(a)
+    return shlex.join([sys.executable or "python", "-m", "mpt_jax.main", *args,
+                       f"--workdir={os.path.abspath(workdir)}"])
 
 
 def run(argv: list[str]) -> int:
@@ -58,18 +81,32 @@ def run(argv: list[str]) -> int:
     config_file = config_flags.get_config_filename(FLAGS["config"]).split(":")[0]
     workdir = FLAGS.workdir or os.path.join(
         "runs", os.path.splitext(os.path.basename(config_file))[0])
+    resume = resume_command(argv, workdir)
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         parallel.maybe_initialize_distributed(FLAGS.multihost)
         overridden = config_flags.get_override_values(FLAGS["config"])
         config = config_utils.resolve(config, overridden)
         config_utils.validate(config)  # before any data or model is touched
         train.train_and_evaluate(config, workdir)
-    except _user_error_types() as e:
-        return _fail(e, getattr(e, "exit_code", 2))
-    except KeyboardInterrupt:
-        return _fail("interrupted; run the same command again to resume from the last "
-                     "checkpoint", 130)
+    except Interrupted as e:
+        return _fail(f"{e}: {resume}", e.exit_code)
+    except UserError as e:
+        return _fail(e, e.exit_code)
+    except (KeyboardInterrupt, _Terminated) as e:
+        name, code = ("SIGTERM", 143) if isinstance(e, _Terminated) else ("interrupt", 130)
+        return _fail(f"stopped by {name} before a checkpoint could be written (or by a second "
+                     f"signal); the last complete checkpoint in {workdir} (if any) is intact; "
+                     f"resume with: {resume}", code)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return 0
+
+
+def _main_thread() -> bool:
+    import threading  # noqa: PLC0415
+    return threading.current_thread() is threading.main_thread()
 
 
 def main() -> None:

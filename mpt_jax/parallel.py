@@ -74,6 +74,16 @@ def host_batch_to_global(batch, mesh: Mesh):
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process if ``flag`` is True on any (a collective: all processes must call
+    it at the same point). Used to stop all hosts together when one receives SIGTERM."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    flags = multihost_utils.process_allgather(np.asarray([flag], np.int32))
+    return bool(np.any(flags))
+
+
 def to_host(tree):
     """Fetches arrays to numpy on every host.
 

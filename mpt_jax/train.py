@@ -14,7 +14,9 @@ The loop (SPEC 6.1, 6.6): per epoch, set the global-pruning keep fraction k_t (a
 the state: no recompilation), train (lr from the optax schedule), evaluate every eval example
 once (top-1 / top-5), track the best top-1, checkpoint, optionally stop if not learning.
 Rerunning with the same workdir resumes from the last checkpoint at the same epoch and step
-(data order is a pure function of (seed, epoch)); SIGTERM / Ctrl-C checkpoint and exit.
+(data order is a pure function of (seed, epoch)); SIGTERM / Ctrl-C checkpoint and exit; a
+non-finite step stops the run without saving it; ``checkpoint_every_steps`` adds mid-epoch
+saves (issue 4; see checkpoint.py for crash safety).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from flax import struct
 
 from mpt_jax import checkpoint as ckpt_lib
 from mpt_jax import config_utils, metrics as metrics_lib, ops, optim, parallel
-from mpt_jax.errors import TrainingError, UserError
+from mpt_jax.errors import Interrupted, TrainingError, UserError
 
 NOT_LEARNING_TOP1 = 2.0  # percent; SPEC 6.6 "not learning" rule
 
@@ -148,9 +150,13 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
     """
     pruning = with_global_threshold(state)  # SPEC 1.7: tau before every forward pass
     smoothing = float(config.get("label_smoothing", 0.0))
+    image = batch["image"]
+    nan_step = int(config.get("debug_nan_at_step", -1))
+    if nan_step > 0:  # tests only (issue 4): global step nan_step (1-based) sees NaN inputs
+        image = jnp.where(state.step + 1 == nan_step, jnp.nan, image)
 
     def loss_fn(params):
-        logits, updates = model.apply(state.variables(params, pruning), batch["image"], train=True,
+        logits, updates = model.apply(state.variables(params, pruning), image, train=True,
                                       mutable=["batch_stats"])
         loss = optim.cross_entropy(logits, batch["label"], smoothing).mean()
         return loss, (logits, updates)
@@ -283,41 +289,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     config_utils.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     checkpointer = ckpt_lib.Checkpointer(workdir, restart=bool(config.restart))
-    meta = checkpointer.latest_meta()
-    if meta is not None:
-        ckpt_lib.check_compatible(meta, config, workdir)
-        if _done(meta, config) and meta.get("result"):
-            _print(f"run in {workdir} is complete (epoch {meta['epoch']}); stored result:")
-            _print(result_line(meta["result"]))
-            checkpointer.close()
-            return meta["result"]
+    try:  # until the loop's own try/finally: close orbax on any error (its threads)
+        meta = checkpointer.latest_meta()
+        if meta is not None:
+            ckpt_lib.check_compatible(meta, config, workdir)
+            if _done(meta, config) and meta.get("result"):
+                _print(f"run in {workdir} is complete (epoch {meta['epoch']}); stored result:")
+                _print(result_line(meta["result"]))
+                if jax.process_index() == 0:  # e.g. killed between the last save and this file
+                    _write_result(workdir, meta["result"])
+                checkpointer.close()
+                return meta["result"]
 
-    mesh = parallel.make_mesh()
-    if dataset is None:
-        from mpt_jax import data  # noqa: PLC0415  (data imports heavier deps lazily)
-        dataset = data.get_dataset(config, mesh)
-    ds = dataset
-    spe = int(ds.steps_per_epoch)
-    if spe <= 0:
-        raise UserError(f"batch_size={config.batch_size} is larger than the {ds.num_train} "
-                        "training examples; lower --config.batch_size")
-    model = create_model(config, ds.num_classes)
-    tx = optim.make_optimizer(config, spe)
-    schedule = jax.jit(optim.make_schedule(config, spe))  # host-side lr for logging, compiled once
-    state = create_train_state(config, model, tx, jax.random.PRNGKey(config.seed), ds.image_shape)
-    state = parallel.replicate(state, mesh)
+        mesh = parallel.make_mesh()
+        if dataset is None:
+            from mpt_jax import data  # noqa: PLC0415  (data imports heavier deps lazily)
+            dataset = data.get_dataset(config, mesh)
+        ds = dataset
+        spe = int(ds.steps_per_epoch)
+        if spe <= 0:
+            raise UserError(f"batch_size={config.batch_size} is larger than the {ds.num_train} "
+                            "training examples; lower --config.batch_size")
+        model = create_model(config, ds.num_classes)
+        tx = optim.make_optimizer(config, spe)
+        # Host-side lr for logging, compiled once.
+        schedule = jax.jit(optim.make_schedule(config, spe))
+        state = create_train_state(config, model, tx, jax.random.PRNGKey(config.seed),
+                                   ds.image_shape)
+        state = parallel.replicate(state, mesh)
+        if jax.process_index() == 0:
+            # Room for every kept save (latest x keep + best) and one being written, + 10 %.
+            copies = checkpointer.keep + 2
+            needed = int(1.1 * copies * ckpt_lib.tree_nbytes(state)) + 2**24
+            ckpt_lib.check_free_space(workdir, needed)
 
-    start_epoch, start_step, best = 0, 0, dict(top1=-1.0, top5=-1.0, epoch=0)
-    last_eval = None
-    if meta is not None:
-        state, meta = checkpointer.restore(state, mesh)
-        start_epoch, start_step = int(meta["epoch"]), int(meta["step_in_epoch"])
-        best = meta.get("best", best)
-        last_eval = meta.get("last_eval")
-        _print(f"resuming {workdir} at epoch {start_epoch + 1}, step {start_step} "
-               f"(global step {meta['global_step']})")
-    else:
-        _announce(config, ds, model, state)
+        start_epoch, start_step, best = 0, 0, dict(top1=-1.0, top5=-1.0, epoch=0)
+        last_eval = None
+        if meta is not None:
+            state, meta = checkpointer.restore(state, mesh)
+            start_epoch, start_step = int(meta["epoch"]), int(meta["step_in_epoch"])
+            best = meta.get("best", best)
+            last_eval = meta.get("last_eval")
+            if jax.process_index() == 0:
+                _truncate_metrics(workdir, int(meta["global_step"]))
+            _print(f"resuming {workdir} at epoch {start_epoch + 1}, step {start_step} "
+                   f"(global step {meta['global_step']})")
+        else:
+            _announce(config, ds, model, state)
+    except BaseException:
+        checkpointer.close()
+        raise
 
     p_train, p_eval = make_parallel_steps(config, model, tx, mesh)
     is_main = jax.process_index() == 0
@@ -337,16 +358,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
                     jnp.asarray(k_t, jnp.float32), parallel.replicated(mesh)))
                 state, step_in_epoch, stop_reason = _train_epoch(
                     p_train, state, ds, epoch, start_step, spe, config, logger, bar, schedule,
-                    stop, checkpointer, epoch_is_first=epoch == start_epoch)
+                    stop, checkpointer, epoch_is_first=epoch == start_epoch, best=best,
+                    last_eval=last_eval, k_t=k_t)
                 global_step = epoch * spe + step_in_epoch
                 start_step = 0
                 if stop_reason in ("signal",):
                     checkpointer.save(state, _meta(config, epoch, step_in_epoch, global_step,
                                                    best, last_eval, k_t))
-                    raise TrainingError(
-                        f"stopped by {stop.received} at epoch {epoch + 1}, step {step_in_epoch}; "
-                        f"checkpoint saved in {checkpointer.directory}: run the same command "
-                        "again to resume", exit_code=143 if stop.received == "SIGTERM" else 130)
+                    # Multi-process: a process without the signal stops because another had it.
+                    name = stop.received or "a signal to another process"
+                    raise Interrupted(
+                        f"stopped by {name} at epoch {epoch + 1}, step {step_in_epoch} "
+                        f"of {spe} (global step {global_step}); checkpoint saved: "
+                        f"{checkpointer.describe_latest()}; run the same command again to "
+                        "resume", exit_code=130 if stop.received == "SIGINT" else 143)
                 ev = evaluate(p_eval, state, ds)
                 finished_epoch = step_in_epoch >= spe
                 ep_num = epoch + 1 if finished_epoch else epoch
@@ -387,13 +412,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
                             "workdir; raise --config.num_epochs to train further")
     result = final_result
     if is_main:
-        with open(os.path.join(workdir, "result.json"), "w") as f:
-            json.dump(result, f, indent=1)
+        _write_result(workdir, result)
     if stop_reason == "not_learning":
         _print(f"stopped: best top-1 {best['top1']:.2f}% < {NOT_LEARNING_TOP1}% after epoch "
                f"{last_eval['epoch']} (stop_if_not_learning, SPEC 6.6)")
     _print(result_line(result))
     return result
+
+
+def _write_result(workdir: str, result: dict) -> None:
+    """result.json, atomically (temporary file + rename): a kill never leaves half a file."""
+    path = os.path.join(workdir, "result.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def _announce(config, ds, model, state) -> None:
@@ -418,8 +450,14 @@ def _update_best(best: dict, ev: dict, epoch: int) -> tuple[dict, bool]:
 
 
 def _train_epoch(p_train, state, ds, epoch, start_step, spe, config, logger, bar, schedule,
-                 stop, checkpointer, epoch_is_first=False):
-    """Runs one epoch from ``start_step``; returns (state, steps done in this epoch, reason)."""
+                 stop, checkpointer, epoch_is_first=False, best=None, last_eval=None, k_t=None):
+    """Runs one epoch from ``start_step``; returns (state, steps done in this epoch, reason).
+
+    Every ``checkpoint_every_steps`` global steps (mid-epoch) the state is saved, after the
+    step metrics since the last fetch were checked to be finite. A stop signal is honoured
+    between steps (single process: after any step; multi-process: at the next log /
+    checkpoint step, where the processes agree on it so that all of them stop together).
+    """
     pending = []  # device metrics not yet fetched (fetching every step would sync every step)
     t_log = time.time()
     imgs_since = 0
@@ -427,6 +465,10 @@ def _train_epoch(p_train, state, ds, epoch, start_step, spe, config, logger, bar
     run_n = 0
     step = start_step
     reason = None
+    every = int(config.get("checkpoint_every_steps", 0) or 0)
+    multi = jax.process_count() > 1
+    if not multi and stop.received:  # e.g. a signal during the previous evaluation or save
+        return state, step, "signal"
     for batch in ds.train_batches(epoch, start_step):
         if step >= spe:
             break
@@ -434,6 +476,7 @@ def _train_epoch(p_train, state, ds, epoch, start_step, spe, config, logger, bar
         step += 1
         global_step = epoch * spe + step
         pending.append(m)
+        _test_pause_hook(global_step, stop)
         if step == start_step + 1 and epoch_is_first:
             # The first step of a process includes compilation: time throughput from its end.
             jax.block_until_ready(m)
@@ -441,19 +484,24 @@ def _train_epoch(p_train, state, ds, epoch, start_step, spe, config, logger, bar
         else:
             imgs_since += config.batch_size
         limit = config.max_train_steps > 0 and global_step >= config.max_train_steps
-        if stop.received:
+        ckpt_now = every > 0 and global_step % every == 0 and step < spe and not limit
+        sync_point = step % config.log_every_steps == 0 or step == spe or limit or ckpt_now
+        if multi:
+            if sync_point and parallel.any_process(stop.received is not None):
+                reason = "signal"
+        elif stop.received:
             reason = "signal"
-        if step % config.log_every_steps == 0 or step == spe or limit or reason:
+        if sync_point or reason:
             fetched = parallel.to_host(pending)
             pending = []
             for j, f in enumerate(fetched):
                 if not bool(f["finite"]):
                     bad = global_step - len(fetched) + j + 1
                     raise TrainingError(
-                        f"non-finite loss or gradients at step {bad} (epoch {epoch + 1}); training "
-                        f"stopped, the state was not updated. Last good checkpoint: "
-                        f"{checkpointer.describe_latest()}. Lower --config.learning_rate or check "
-                        "the data")
+                        f"non-finite loss or gradients at global step {bad} (epoch {epoch + 1}); "
+                        "training stopped and nothing was saved after it. Last good checkpoint "
+                        f"(kept intact): {checkpointer.describe_latest()}. Lower "
+                        "--config.learning_rate or check the data, then run again")
             dt = max(time.time() - t_log, 1e-9)
             ips = imgs_since / dt
             losses = [float(f["loss"]) for f in fetched]
@@ -468,11 +516,52 @@ def _train_epoch(p_train, state, ds, epoch, start_step, spe, config, logger, bar
                               lr=float(schedule(global_step - 1)), images_per_s=ips))
             bar.update(epoch, step, run_loss / run_n, run_acc / run_n, ips)
             t_log, imgs_since = time.time(), 0
+        if ckpt_now and not reason:
+            checkpointer.save(state, _meta(config, epoch, step, global_step, best, last_eval, k_t))
         if limit or reason:
             reason = reason or "max_train_steps"
             break
     bar.end_epoch()
     return state, step, (reason if reason == "signal" else None)
+
+
+def _test_pause_hook(global_step: int, stop) -> None:
+    """Tests only (issue 4): ``MPT_JAX_TEST_PAUSE_AT_STEP=N`` prints a marker after global step N
+    was dispatched (before its metrics are checked or a checkpoint is written) and sleeps, so
+    a test can send a real signal at a known point.
+    A SIGTERM / SIGINT ends the sleep (the run then stops as it would after any step)."""
+    pause = os.environ.get("MPT_JAX_TEST_PAUSE_AT_STEP")
+    if pause and int(pause) == global_step:
+        print(f"test-hook: paused after step {global_step}", flush=True)
+        for _ in range(3000):
+            if stop.received:
+                break
+            time.sleep(0.1)
+
+
+def _truncate_metrics(workdir: str, global_step: int) -> None:
+    """On resume, drops metrics.jsonl records logged after the restored checkpoint (steps that
+    will be replayed), so the file of a resumed run equals that of an uninterrupted one
+    (apart from timings). Atomic: written to a temporary file, then renamed."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                keep = int(json.loads(line).get("step", 0)) <= global_step
+            except (ValueError, AttributeError):
+                keep = False  # a line cut short by a kill
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
 
 
 def _meta(config, epoch, step_in_epoch, global_step, best, last_eval, keep_fraction) -> dict:

@@ -54,14 +54,14 @@ def load_source(config) -> ArraySource:
   holdout = int(_get(config, "holdout_per_class", 0) or 0)
   cache_dir = _get(config, "cache_dir", image_folder.DEFAULT_CACHE_DIR) or None
   if name not in DATASETS:
-    raise ValueError(f"dataset={name!r} is unknown; choose one of {', '.join(DATASETS)}")
+    raise DataError(f"dataset={name!r} is unknown; choose one of {', '.join(DATASETS)}")
   if pipeline not in INPUT_PIPELINES:
-    raise ValueError(f"input_pipeline={pipeline!r} is unknown; choose one of "
+    raise DataError(f"input_pipeline={pipeline!r} is unknown; choose one of "
                      f"{', '.join(INPUT_PIPELINES)}")
   if name == "digits":
     return sources.load_digits()
   if name == "imagenet2012":
-    raise ValueError("imagenet2012 is too large for the in-memory pipeline; use "
+    raise DataError("imagenet2012 is too large for the in-memory pipeline; use "
                      "--config.input_pipeline=tfds (or auto)")
   if name == "image_folder" or (pipeline != "tfds" and data_dir and _is_image_folder(data_dir)):
     if not data_dir:
@@ -81,7 +81,7 @@ def get_dataset(config, mesh):
   eval_batch_size = int(_get(config, "eval_batch_size", 0) or batch_size)
   if _get(config, "dataset", "digits") == "imagenet2012":
     if _get(config, "input_pipeline", "auto") == "in_memory":
-      raise ValueError("input_pipeline='in_memory' cannot hold imagenet2012; use 'tfds' or 'auto'")
+      raise DataError("input_pipeline='in_memory' cannot hold imagenet2012; use 'tfds' or 'auto'")
     from mpt_jax.data import imagenet  # pylint: disable=g-import-not-at-top
     return imagenet.ImageNetDataset(config, mesh)
   # Check the batch before any decoding so a bad config fails at once.

@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mpt_jax.data import augment as aug
 from mpt_jax.data.errors import DataError
+from mpt_jax.errors import ConfigError  # a ValueError that main reports as one line
 from mpt_jax.data.sources import ArraySource
 
 DATA_AXIS = "data"
@@ -35,7 +36,7 @@ def check_batch_size(batch_size: int, mesh, field: str = "batch_size"):
   n = data_axis_size(mesh)
   if batch_size <= 0 or batch_size % n:
     fix = max(n, math.ceil(max(batch_size, 1) / n) * n)
-    raise ValueError(f"{field}={batch_size} is not a positive multiple of the {n} devices on the "
+    raise ConfigError(f"{field}={batch_size} is not a positive multiple of the {n} devices on the "
                      f"mesh's 'data' axis; set --config.{field} to a multiple of {n} (e.g. {fix})")
 
 
@@ -54,7 +55,7 @@ class InMemoryDataset:
     check_batch_size(eval_batch_size, mesh, "eval_batch_size")
     num_train = len(source.train_labels)
     if num_train < batch_size:
-      raise ValueError(f"batch_size={batch_size} is larger than the {num_train} training images "
+      raise DataError(f"batch_size={batch_size} is larger than the {num_train} training images "
                        f"of {source.name}; use a smaller --config.batch_size")
     if len(source.eval_labels) == 0:
       raise DataError(f"{source.name}: the eval split is empty")

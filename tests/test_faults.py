@@ -1,0 +1,186 @@
+"""Issue 4 "Faults": real subprocesses of ``python -m mpt_jax.main`` and real signals, no mocks.
+
+One tiny run (configs/smoke.py: 32-unit biprop MLP on the embedded digits, 22 steps/epoch,
+3 epochs, a checkpoint every 5 global steps) is trained once without interruption; the
+interrupted runs below must end bit-identical to it (same XLA program on the same CPU: the
+data order is a pure function of (seed, epoch) and every piece of state is checkpointed).
+Test hooks (environment variables, see train.py / checkpoint.py) only pause a run at a known
+point; the kill / terminate itself is a real signal sent with ``Popen.send_signal``.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mpt_jax import checkpoint, ops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPE = 22  # digits: 1,438 training images // batch 64
+ARGS = ("--config=configs/smoke.py", "--config.num_epochs=3", "--config.checkpoint_every_steps=5")
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("xla_cache"))  # later subprocesses skip compilation
+    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
+def start(workdir, env, *extra, hook_env=None):
+    out = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".out"), "w+")
+    err = open(out.name[:-4] + ".err", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "mpt_jax.main", *ARGS, f"--workdir={workdir}",
+                             *extra], cwd=ROOT, env=dict(env, **(hook_env or {})), stdout=out,
+                            stderr=err, text=True)
+    proc.out_path, proc.err_path = out.name, err.name
+    return proc
+
+
+def finish(proc, timeout=TIMEOUT):
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return rc, open(proc.out_path).read(), open(proc.err_path).read()
+
+
+def run(workdir, env, *extra, hook_env=None):
+    return finish(start(workdir, env, *extra, hook_env=hook_env))
+
+
+def wait_for(proc, marker, timeout=TIMEOUT):
+    t = time.time()
+    while time.time() - t < timeout:
+        if marker in open(proc.out_path).read():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {marker!r}: "
+                                 + open(proc.err_path).read()[-2000:])
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"timed out waiting for {marker!r}")
+
+
+def load_state(workdir, which="latest"):
+    return checkpoint.load_for_inference(workdir, which)
+
+
+def metrics_records(workdir):
+    recs = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in recs]
+
+
+def result(workdir):
+    r = json.load(open(os.path.join(workdir, "result.json")))
+    r.pop("wall_seconds")
+    return r
+
+
+def ticket(params, keep_fraction=0.5):
+    """The mask of every layer, from the scores in float64 NumPy: the kept_count largest |s|."""
+    masks = {}
+    for layer, leaves in params.items():
+        s = np.abs(np.asarray(leaves["scores"], np.float64)).ravel()
+        k = ops.kept_count(s.size, keep_fraction)
+        thresh = np.sort(s)[::-1][k - 1]
+        masks[layer] = (s >= thresh).reshape(np.shape(leaves["scores"]))
+        assert masks[layer].sum() == k  # no ties at the threshold
+    return masks
+
+
+def assert_same_run(workdir, reference):
+    a, b = load_state(workdir), load_state(reference)
+    assert a["metrics"]["step"] == b["metrics"]["step"] == 3 * SPE
+    for col in ("params", "frozen", "batch_stats"):
+        np.testing.assert_equal(a[col], b[col])  # bit-exact
+    ta, tb = ticket(a["params"]), ticket(b["params"])
+    for layer in tb:
+        assert np.array_equal(ta[layer], tb[layer])
+    assert result(workdir) == result(reference)
+    assert metrics_records(workdir) == metrics_records(reference)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env):
+    """The uninterrupted run."""
+    workdir = str(tmp_path_factory.mktemp("ref") / "run")
+    rc, out, err = run(workdir, env)
+    assert rc == 0, err[-3000:]
+    assert "final accuracy" in out
+    return workdir
+
+
+def test_sigkill_mid_epoch_2_resumes_bit_exact(tmp_path, env, reference):
+    workdir = str(tmp_path / "run")
+    # Pause after global step 33 = epoch 2, step 11 of 22; the last checkpoint is step 30.
+    proc = start(workdir, env, hook_env=dict(MPT_JAX_TEST_PAUSE_AT_STEP="33"))
+    wait_for(proc, "test-hook: paused after step 33")
+    proc.send_signal(signal.SIGKILL)
+    rc, _, _ = finish(proc)
+    assert rc == -signal.SIGKILL
+    assert load_state(workdir)["metrics"]["step"] == 30
+    rc, out, err = run(workdir, env)  # the same command again
+    assert rc == 0, err[-3000:]
+    assert "resuming" in out and "epoch 2, step 8 (global step 30)" in out
+    assert_same_run(workdir, reference)
+
+
+def test_sigterm_checkpoints_and_prints_resume_command(tmp_path, env, reference):
+    workdir = str(tmp_path / "run")
+    proc = start(workdir, env, "--config.restart=True",
+                 hook_env=dict(MPT_JAX_TEST_PAUSE_AT_STEP="27"))
+    wait_for(proc, "test-hook: paused after step 27")
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = finish(proc)
+    assert rc == 143
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: stopped by SIGTERM at epoch 2, step 5 of 22 (global step 27)")
+    # The step that was running finished and was saved (not the last periodic one, 25).
+    assert load_state(workdir)["metrics"]["step"] == 27
+    command = line.split("run the same command again to resume: ")[1]
+    assert "--config.restart" not in command and f"--workdir={workdir}" in command
+    import shlex
+    argv = shlex.split(command)
+    assert argv[:3] == [sys.executable, "-m", "mpt_jax.main"]
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "epoch 2, step 5 (global step 27)" in proc.stdout
+    assert_same_run(workdir, reference)
+
+
+def test_sigkill_during_checkpoint_write_is_never_read(tmp_path, env, reference):
+    workdir = str(tmp_path / "run")
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    # Step 44 = end of epoch 2: killed while orbax writes its temporary directory.
+    proc = start(workdir, env, hook_env=dict(MPT_JAX_TEST_PAUSE_IN_SAVE="44"))
+    wait_for(proc, "test-hook: pausing inside the save of step 44")
+    proc.send_signal(signal.SIGKILL)
+    finish(proc)
+    names = os.listdir(latest)
+    assert "44" not in names and any(n.startswith("44.orbax-checkpoint-tmp") for n in names)
+    assert load_state(workdir)["metrics"]["step"] == 40  # the last complete save
+    rc, out, err = run(workdir, env)
+    assert rc == 0, err[-3000:]
+    assert "global step 40" in out
+    assert not any("tmp" in n for n in os.listdir(latest))  # cleaned up on the next run
+    assert_same_run(workdir, reference)
+
+
+def test_ctrl_c_finishes_the_step_and_saves(tmp_path, env):
+    workdir = str(tmp_path / "run")
+    proc = start(workdir, env, hook_env=dict(MPT_JAX_TEST_PAUSE_AT_STEP="3"))
+    wait_for(proc, "test-hook: paused after step 3")
+    proc.send_signal(signal.SIGINT)
+    rc, _, err = finish(proc)
+    assert rc == 130 and "Traceback" not in err
+    assert "error: stopped by SIGINT at epoch 1, step 3 of 22 (global step 3)" in err
+    assert load_state(workdir)["metrics"]["step"] == 3
