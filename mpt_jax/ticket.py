@@ -1106,9 +1106,15 @@ COMMANDS = {"export": _cmd_export, "evaluate": _cmd_evaluate, "summary": _cmd_su
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    if len(argv) >= 2 and argv[1] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
     if len(argv) < 2 or argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         return 2
+    if any(a in ("-h", "--help") for a in argv[2:]):
+        print(USAGE)
+        return 0
     command = argv.pop(1)
     F = _define_flags()
     from mpt_jax.errors import UserError, one_line
