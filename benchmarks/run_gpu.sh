@@ -9,7 +9,11 @@
 # Environment:
 #   BUDGET_S   total seconds for everything (default 420); groups that would not fit are
 #              skipped and said so, every group also has its own `timeout`.
-#   BENCH_GROUPS which groups, in order (default "r18 select conv4 wrn50 wrn34 wrn50sort")
+#   BENCH_GROUPS which groups, in order (default "r18b conv4b wrn50b r18 select conv4 wrn34
+#              wrn50sort"; r18b/conv4b/wrn50b: the batched mask path, train.py
+#              mask_impl=batched, mpt_jax.masks; MASK_METHODS picks its methods for r18b and
+#              conv4b, default "compare,compare_bcast,radix_many"; WRN50_METHOD for wrn50b,
+#              default "compare")
 #   OUT        results folder (default ./bench_out); PEER  torch_peer.py (default
 #              .gpu_data/torch_peer.py, else ../shared/bench/torch_peer.py); PYTHON (python3)
 # Results come out as they are measured (PYTHONUNBUFFERED); rows.jsonl grows row by row.
@@ -65,13 +69,13 @@ meta torch "$($PY -c 'import torch; print(torch.__version__)' 2>/dev/null)"
 
 if [ $DRY = 1 ]; then
   # CPU test of the script: tiny batches, few steps, float32, CIFAR models only.
-  BENCH_GROUPS=${BENCH_GROUPS:-"select r18 conv4 wrn34"}
+  BENCH_GROUPS=${BENCH_GROUPS:-"r18b conv4b select r18 conv4 wrn34"}
   B_SMALL=8; B_BIG=2; PREC=float32
   STEPS="--warmup 1 --steps 1 --repeats 2 --peer-steps 2 --peer-warmup 1"
   SEL_MODELS="--model conv4"; SEL_REPEATS=2
   meta note "DRY RUN on $(uname -m) CPU: numbers meaningless"
 else
-  BENCH_GROUPS=${BENCH_GROUPS:-"r18 select conv4 wrn50 wrn34 wrn50sort"}
+  BENCH_GROUPS=${BENCH_GROUPS:-"r18b conv4b wrn50b r18 select conv4 wrn34 wrn50sort"}
   B_SMALL=256; B_BIG=256; PREC=bfloat16
   STEPS="--warmup 3 --steps 10 --repeats 5 --peer-steps 20 --peer-warmup 5"
   SEL_MODELS="--model resnet18_cifar --model wrn50_2"; SEL_REPEATS=10
@@ -96,8 +100,21 @@ run() {
   [ $rc = 0 ] || { say "=== $name exited with status $rc"; meta "status $name" "exit $rc"; }
 }
 
+MASK_METHODS=${MASK_METHODS:-compare,compare_bcast,radix_many}
+WRN50_METHOD=${WRN50_METHOD:-compare}
 for g in $BENCH_GROUPS; do
   case $g in
+    # Batched masks first: rows biprop batched:<first method>, dense, the other batched
+    # methods (the per-layer rows come in the r18 / conv4 groups if the budget allows).
+    r18b)   run "resnet18_cifar batched" 60 150 $BENCH --model resnet18_cifar --batch $B_SMALL \
+              --precision $PREC --modes biprop,dense --select radix --mask-impl batched \
+              --mask-method $MASK_METHODS $STEPS ;;
+    conv4b) run "conv4 batched" 30 80 $BENCH --model conv4 --batch $B_SMALL --precision $PREC \
+              --modes biprop,dense --select radix --mask-impl batched \
+              --mask-method $MASK_METHODS $STEPS ;;
+    wrn50b) run "wrn50_2 batched" 110 200 $BENCH --model wrn50_2 --batch $B_BIG --precision $PREC \
+              --modes biprop,dense --select radix --mask-impl batched \
+              --mask-method $WRN50_METHOD --torch-peer $STEPS ;;
     select) run select 30 90 $PY benchmarks/select_bench.py $SEL_MODELS \
               --repeats $SEL_REPEATS --json "$OUT/select.jsonl" \
               --only "$SEL_ONLY" ;;

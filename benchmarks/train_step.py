@@ -22,7 +22,9 @@ step the mask search and binarisation cost), ``step mem`` = the compiled step's 
 = the device allocator's peak so far in this process (GPU only; rows run in order, so it
 is exact for the first row and an upper bound afterwards), ``compile`` = lower + compile
 seconds. ``--select`` picks mpt_jax.select's k-th-largest implementation for the biprop rows;
-``noop`` replaces the select by a constant (WRONG masks, timing only: the cost of the mask
+``--mask-impl batched`` (train.py mask_impl, all layers' masks at once before apply,
+mpt_jax.masks) with ``--mask-method compare,radix_many`` adds rows whose select column reads
+``batched:<method>``. ``noop`` replaces the select by a constant (WRONG masks, timing only: the cost of the mask
 without the threshold search); ``kept_mask`` uses select.kept_mask for the whole mask (tie
 cut-off by a second radix select instead of ops.topk_mask's cumsum).
 
@@ -76,7 +78,8 @@ SELECTS = ("sort", "radix", "radix_compare", "auto", "noop", "kept_mask")
 # Config and step (the one place that knows mpt_jax.train's API)
 
 
-def load_config(model: str, mode: str, batch: int, precision: str, keep_fraction: float):
+def load_config(model: str, mode: str, batch: int, precision: str, keep_fraction: float,
+                mask_impl: str = "per_layer", mask_method: str = "compare"):
     """The experiment config of ``model`` with the benchmark's overrides, resolved."""
     name = CONFIG_FILES.get(model)
     if name is not None:
@@ -95,7 +98,9 @@ def load_config(model: str, mode: str, batch: int, precision: str, keep_fraction
     config.batch_size = batch
     config.precision = precision
     config.keep_fraction = keep_fraction
-    overridden = {"batch_size", "precision", "keep_fraction", "mode"}
+    config.mask_impl = mask_impl
+    config.mask_method = mask_method
+    overridden = {"batch_size", "precision", "keep_fraction", "mode", "mask_impl", "mask_method"}
     return config_utils.resolve(config, overridden)
 
 
@@ -158,6 +163,15 @@ class _SelectChoice:
         select.set_implementation(None)
 
 
+def _select_label(config, select_name: str) -> str:
+    """The select column: the per-layer select, or batched:<mask_method> (mpt_jax.masks)."""
+    if config.mode not in ("biprop", "edgepopup"):
+        return "-"
+    if config.get("mask_impl", "per_layer") == "batched" and config.pruning == "layerwise":
+        return f"batched:{config.mask_method}"
+    return select_name
+
+
 def _gib(nbytes) -> float | None:
     return None if nbytes is None else round(nbytes / 2 ** 30, 3)
 
@@ -201,7 +215,7 @@ def measure(config, mesh, select_name: str, warmup: int, steps: int, repeats: in
     med = statistics.median(times)
     return dict(model=config.model, mode=config.mode, batch=config.batch_size,
                 precision=str(jnp.dtype(train.compute_dtype(config))),
-                select=select_name if config.mode in ("biprop", "edgepopup") else "-",
+                select=_select_label(config, select_name),
                 images_per_s=round(config.batch_size / med, 1), ms_per_step=round(med * 1e3, 3),
                 spread=round((max(times) - min(times)) / med, 3),
                 step_mem_gib=_gib(_step_memory(compiled)), peak_gib=_gib(_peak_memory()),
@@ -281,12 +295,19 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def row_plan(modes: list[str], selects: list[str]) -> list[tuple[str, str]]:
-    """(mode, select) pairs: main biprop row, other modes, then the other select variants."""
+def row_plan(modes: list[str], selects: list[str], mask_impls=("per_layer",),
+             mask_methods=("compare",)) -> list[tuple[str, str, str, str]]:
+    """(mode, select, mask_impl, mask_method) rows: the first masked variant, the other
+    modes (dense), then the remaining variants. Masked variants: the batched mask methods
+    (if "batched" is listed first, they come first) and the per-layer selects."""
     masked = [m for m in modes if m in ("biprop", "edgepopup")]
-    first = [(m, selects[0]) for m in masked]
-    others = [(m, "-") for m in modes if m not in masked]
-    rest = [(m, s) for m in masked for s in selects[1:]]
+    per_layer = [(s, "per_layer", "-") for s in selects] if "per_layer" in mask_impls else []
+    batched = ([(selects[0], "batched", mm) for mm in mask_methods]
+               if "batched" in mask_impls else [])
+    variants = batched + per_layer if mask_impls[0] == "batched" else per_layer + batched
+    first = [(m, *variants[0]) for m in masked]
+    others = [(m, "-", "per_layer", "-") for m in modes if m not in masked]
+    rest = [(m, *v) for m in masked for v in variants[1:]]
     return first + others + rest
 
 
@@ -297,6 +318,12 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="biprop,dense",
                     help="comma list of biprop|edgepopup|dense|binary_trained")
     ap.add_argument("--select", default="auto", help=f"comma list of {'|'.join(SELECTS)}")
+    ap.add_argument("--mask-impl", default="per_layer",
+                    help="comma list of per_layer|batched (train.py mask_impl); the first "
+                         "one gives the main biprop row")
+    ap.add_argument("--mask-method", default="compare",
+                    help="comma list of mpt_jax.masks methods for the batched rows: "
+                         "compare|compare<D>|radix_many|per_layer")
     ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--keep-fraction", type=float, default=0.2)
     ap.add_argument("--warmup", type=int, default=3)
@@ -318,7 +345,18 @@ def main(argv=None) -> int:
         if s not in SELECTS:
             ap.error(f"--select {s!r}: choose from {', '.join(SELECTS)}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    plan = row_plan(modes, selects)
+    from mpt_jax import masks  # noqa: PLC0415
+    mask_impls = [s.strip() for s in args.mask_impl.split(",") if s.strip()]
+    for s in mask_impls:
+        if s not in config_utils.MASK_IMPLS:
+            ap.error(f"--mask-impl {s!r}: choose from {', '.join(config_utils.MASK_IMPLS)}")
+    mask_methods = [s.strip() for s in args.mask_method.split(",") if s.strip()]
+    for s in mask_methods:
+        try:
+            masks.check_method(s)
+        except ValueError as e:
+            ap.error(f"--mask-method: {e}")
+    plan = row_plan(modes, selects, mask_impls, mask_methods)
     peer = None
     if args.torch_peer:  # before JAX initialises the GPU (it preallocates most of its memory)
         precision = args.precision
@@ -332,13 +370,15 @@ def main(argv=None) -> int:
     print(f"# {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}",
           flush=True)
     rows = []
-    for mode, sel in plan:
-        config = load_config(args.model, mode, args.batch, args.precision, args.keep_fraction)
+    for mode, sel, impl, method in plan:
+        config = load_config(args.model, mode, args.batch, args.precision, args.keep_fraction,
+                             impl, method if impl == "batched" else "compare")
         try:
             row = measure(config, mesh, sel, args.warmup, args.steps, args.repeats)
         except Exception as e:  # noqa: BLE001  (one failed row must not lose the others)
             row = dict(model=args.model, mode=mode, batch=args.batch,
-                       precision=args.precision, select=sel,
+                       precision=args.precision,
+                       select=sel if impl == "per_layer" else f"batched:{method}",
                        error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
         if peer is not None:
             row["peer_status"] = peer["status"]

@@ -27,6 +27,7 @@ SCHEDULES = ("cosine", "constant")
 GRANULARITIES = ("epoch", "step")
 PRECISIONS = ("auto", "float32", "bfloat16")
 PRUNING = ("layerwise", "global")
+MASK_IMPLS = ("per_layer", "batched")
 INITS = ("kaiming_normal", "signed_constant", "unsigned_constant")
 SCALE_FAN = ("none", "reference", "kept")
 FAN_MODES = ("fan_in", "fan_out")
@@ -81,6 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule_granularity = "epoch"
     c.label_smoothing = 0.0
     c.precision = "auto"
+    # How the layerwise top-k masks are computed (issue 6; same kept sets either way, so
+    # not part of the checkpoint fingerprint): "per_layer" (each layer in its own apply) or
+    # "batched" (all layers at once before apply, mpt_jax.masks with mask_method).
+    c.mask_impl = "per_layer"
+    c.mask_method = "compare"      # batched only: compare | compare<D> | radix_many | per_layer
     # Run control.
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 1
@@ -302,6 +308,14 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     _choice(config, "schedule_granularity", GRANULARITIES)
     _choice(config, "precision", PRECISIONS)
     _choice(config, "pruning", PRUNING)
+    if config.get("mask_impl", "per_layer") not in MASK_IMPLS:
+        raise ConfigError(f"mask_impl must be one of {', '.join(MASK_IMPLS)}; got "
+                          f"{config.get('mask_impl')!r} (set --config.mask_impl=...)")
+    try:
+        from mpt_jax import masks  # noqa: PLC0415
+        masks.check_method(config.get("mask_method", "compare"))
+    except ValueError as e:
+        raise ConfigError(f"mask_method: {e} (set --config.mask_method=...)") from None
     _choice(config, "weight_init", INITS)
     _choice(config, "scale_fan", SCALE_FAN)
     _choice(config, "fan_mode", FAN_MODES)

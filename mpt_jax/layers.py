@@ -9,6 +9,9 @@ Variable collections (GUIDE.md):
 * ``batch_stats`` -- BatchNorm running statistics.
 * ``pruning`` -- only with ``pruning="global"``: the scalar ``threshold`` tau of every
   layer, written by the training step before each forward pass (SPEC 1.7).
+* ``masks`` -- optional, layerwise biprop/edgepopup only: a bool ``mask`` per layer
+  precomputed for all layers at once (mpt_jax.masks, train.py mask_impl="batched"). Read
+  when given to ``apply``, never created by ``init``.
 
 Kernel modes:
 
@@ -123,6 +126,12 @@ class _KernelLayer(nn.Module):
         if self.pruning == "global":
             tau = self.variable("pruning", "threshold", lambda: jnp.array(-jnp.inf)).value
             return ops.threshold_kernel(weight, scores, tau, binarize)
+        if self.has_variable("masks", "mask"):
+            # Precomputed by the training step for all layers at once (train.py
+            # mask_impl="batched", mpt_jax.masks); only read, never created at init.
+            mask = self.get_variable("masks", "mask")
+            kept = ops.kept_count(math.prod(shape), self.keep_fraction)
+            return ops.kernel_from_mask(weight, scores, mask, kept, binarize)
         if binarize:
             return ops.biprop_kernel(weight, scores, self.keep_fraction)
         return ops.edgepopup_kernel(weight, scores, self.keep_fraction)

@@ -188,6 +188,36 @@ def _masked_kernel_bwd(binarize, residuals, g):
 _masked_kernel.defvjp(_masked_kernel_fwd, _masked_kernel_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _kernel_from_mask(weight, scores, mask, kept, binarize):
+    return _apply_mask(weight, mask, kept, binarize)
+
+
+def _kernel_from_mask_fwd(weight, scores, mask, kept, binarize):
+    return _apply_mask(weight, mask, kept, binarize), (weight, scores)
+
+
+def _kernel_from_mask_bwd(binarize, residuals, g):
+    d_weight, d_scores, _ = _masked_kernel_bwd(binarize, residuals, g)
+    return d_weight, d_scores, None, None  # nothing to the (bool) mask or the count
+
+
+_kernel_from_mask.defvjp(_kernel_from_mask_fwd, _kernel_from_mask_bwd)
+
+
+def kernel_from_mask(weight: Array, scores: Array, mask: Array, kept: int,
+                     binarize: bool) -> Array:
+    """biprop_kernel / edgepopup_kernel with the top-k ``mask`` already computed
+    (mpt_jax.masks, all layers at once): same forward (alpha = sum |W| M / kept) and the
+    same straight-through gradient sign(s) * W * G to ``scores``; ``kept`` is the layer's
+    kept count (= mask.sum(), static)."""
+    _check_shapes(weight, scores)
+    if mask.shape != weight.shape or mask.dtype != jnp.bool_:
+        raise ValueError(f"mask must be a bool array of shape {weight.shape}; got "
+                         f"{mask.dtype}{tuple(mask.shape)}")
+    return _kernel_from_mask(weight, scores, jax.lax.stop_gradient(mask), kept, binarize)
+
+
 def _check_shapes(weight, scores):
     if weight.shape != scores.shape:
         raise ValueError(f"weight and scores must have the same shape, got {weight.shape} "

@@ -136,6 +136,28 @@ def with_global_threshold(state: TrainState) -> dict:
     return jax.tree.map(lambda t: jnp.broadcast_to(tau, t.shape).astype(t.dtype), state.pruning)
 
 
+def batched_masks(state: TrainState, config) -> dict:
+    """The ``masks`` collection (issue 6) when ``config.mask_impl == "batched"``, else {}.
+
+    All layerwise biprop/edgepopup masks in one computation (mpt_jax.masks) before
+    model.apply; the layers then skip their own per-layer top-k. Same kept sets, so the
+    same training (mask_impl is not part of the checkpoint fingerprint).
+    """
+    if config is None or config.get("mask_impl", "per_layer") != "batched":
+        return {}
+    if config.mode not in ("biprop", "edgepopup") or config.get("pruning") != "layerwise":
+        return {}
+    from mpt_jax import masks as masks_lib  # noqa: PLC0415
+
+    return masks_lib.params_masks(jax.lax.stop_gradient(state.params),
+                                  float(config.keep_fraction),
+                                  config.get("mask_method", masks_lib.DEFAULT_METHOD))
+
+
+def _with_masks(variables: dict, masks: dict) -> dict:
+    return {**variables, "masks": masks} if masks else variables
+
+
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -155,9 +177,11 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
     if nan_step > 0:  # tests only (issue 4): global step nan_step (1-based) sees NaN inputs
         image = jnp.where(state.step + 1 == nan_step, jnp.nan, image)
 
+    masks = batched_masks(state, config)  # {} unless mask_impl == "batched"
+
     def loss_fn(params):
-        logits, updates = model.apply(state.variables(params, pruning), image, train=True,
-                                      mutable=["batch_stats"])
+        logits, updates = model.apply(_with_masks(state.variables(params, pruning), masks),
+                                      image, train=True, mutable=["batch_stats"])
         loss = optim.cross_entropy(logits, batch["label"], smoothing).mean()
         return loss, (logits, updates)
 
@@ -176,13 +200,15 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
 
 
 def eval_step(state: TrainState, batch: dict, *, model: nn.Module,
-              label_smoothing: float = 0.0) -> dict:
+              label_smoothing: float = 0.0, config=None) -> dict:
     """Sums over the real (mask == 1) rows of one eval batch: top-1 / top-5 correct, loss, count.
 
-    The loss is the training criterion including label smoothing (SPEC 6.2).
+    The loss is the training criterion including label smoothing (SPEC 6.2). ``config``
+    (optional) only selects the mask implementation (mask_impl, mask_method).
     """
     pruning = with_global_threshold(state)
-    logits = model.apply(state.variables(pruning=pruning), batch["image"], train=False)
+    variables = _with_masks(state.variables(pruning=pruning), batched_masks(state, config))
+    logits = model.apply(variables, batch["image"], train=False)
     labels = batch["label"]
     mask = batch.get("mask")
     mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
@@ -202,7 +228,8 @@ def make_parallel_steps(config, model: nn.Module, tx: optax.GradientTransformati
     p_train = jax.jit(functools.partial(train_step, model=model, tx=tx, config=config),
                       in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=(0,))
     p_eval = jax.jit(functools.partial(eval_step, model=model,
-                                       label_smoothing=float(config.get("label_smoothing", 0.0))),
+                                       label_smoothing=float(config.get("label_smoothing", 0.0)),
+                                       config=config),
                      in_shardings=(rep, data), out_shardings=rep)
     return p_train, p_eval
 

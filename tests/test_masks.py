@@ -1,0 +1,143 @@
+"""Batched masks of all layers at once (mpt_jax.masks, issue 6) and the mask_impl="batched"
+training step: exactly the per-layer kept sets, and bit-identical training."""
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mpt_jax import config_utils, masks, ops, optim, train
+
+METHODS = ("compare", "compare1", "compare_bcast", "compare_bcast8", "radix_many", "per_layer")
+
+
+def numpy_topk(x: np.ndarray, keep_fraction: float) -> np.ndarray:
+    """Independent reference: the first kept entries of a stable descending sort of |x|
+    (float64), kept = n - floor((1 - k) n) (SPEC 1.2)."""
+    flat = np.abs(x.astype(np.float64)).ravel()
+    kept = flat.size - int(np.floor((1.0 - keep_fraction) * flat.size))
+    order = np.argsort(-flat, kind="stable")
+    mask = np.zeros(flat.size, bool)
+    mask[order[:kept]] = True
+    return mask.reshape(x.shape)
+
+
+def random_tree(seed: int, ties: bool):
+    rng = np.random.default_rng(seed)
+    shapes = {"a": (1,), "b": (3, 3, 3, 4), "c": {"d": (2500,), "e": (7,)}, "f": (300, 17)}
+
+    def make(shape):
+        x = rng.standard_normal(shape).astype(np.float32)
+        if ties:  # few distinct magnitudes: many ties at every threshold, also -0.0 / 0.0
+            x = np.round(x * 2) / 2
+        return jnp.asarray(x)
+
+    return jax.tree.map(make, shapes, is_leaf=lambda s: isinstance(s, tuple))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_layer_masks_equal_per_layer_topk(method):
+    fn = jax.jit(masks.layer_masks, static_argnums=(1, 2, 3))
+    trees = {False: random_tree(0, False), True: random_tree(1, True)}
+    # block 7: layers span many blocks and the tie cut falls inside a block.
+    for ties, keep, block in ((False, 0.2, masks.BLOCK), (True, 0.5, 7), (True, 1.0, 7),
+                              (False, 0.01, 7), (True, 0.2, masks.BLOCK)):
+        tree = trees[ties]
+        out = fn(tree, keep, method, block)
+        chex.assert_trees_all_equal_structs(out, tree)
+        for x, m in zip(jax.tree.leaves(tree), jax.tree.leaves(out)):
+            assert m.dtype == jnp.bool_ and m.shape == x.shape
+            want = numpy_topk(np.asarray(x), keep)
+            np.testing.assert_array_equal(np.asarray(m), want,
+                                          err_msg=f"{method} {keep} {block} {x.shape}")
+            kept = ops.kept_count(x.size, keep)
+            np.testing.assert_array_equal(
+                np.asarray(m), np.asarray(ops.topk_mask(jnp.abs(x), kept)))
+
+
+def test_layer_masks_all_equal_scores_and_bf16_input():
+    # Every entry tied: the kept set is the lowest flat indices.
+    tree = [jnp.full((5000,), 0.25, jnp.float32), jnp.zeros((9,), jnp.float32)]
+    for method in ("compare", "radix_many"):
+        out = masks.layer_masks(tree, 0.3, method)
+        for x, m in zip(tree, out):
+            np.testing.assert_array_equal(np.asarray(m), numpy_topk(np.asarray(x), 0.3))
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((40, 9)), jnp.bfloat16)
+    m = masks.layer_masks({"s": x}, 0.25)["s"]
+    np.testing.assert_array_equal(np.asarray(m),
+                                  numpy_topk(np.asarray(x.astype(jnp.float32)), 0.25))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="mask method"):
+        masks.layer_masks([jnp.ones(3)], 0.5, "bisect")
+    with pytest.raises(ValueError, match="keep_fraction"):
+        masks.layer_masks([jnp.ones(3)], 1.5)
+    with pytest.raises(ValueError, match="non-empty float"):
+        masks.layer_masks([jnp.ones(3, jnp.int32)], 0.5)
+    config = config_utils.base_config()
+    config.mask_impl = "fast"
+    with pytest.raises(Exception, match="mask_impl"):
+        config_utils.validate(config, device_count=1)
+
+
+def test_kernel_from_mask_matches_numpy_forward_and_ste():
+    rng = np.random.default_rng(0)
+    w, s, g = (rng.standard_normal((3, 3, 2, 4)) for _ in range(3))
+    mask = numpy_topk(s, 0.3)
+    kept = int(mask.sum())
+    for binarize in (True, False):
+        def f(w_, s_):
+            return jnp.sum(ops.kernel_from_mask(w_, s_, jnp.asarray(mask), kept, binarize)
+                           * jnp.asarray(g, jnp.float32))
+        out = ops.kernel_from_mask(jnp.asarray(w, jnp.float32), jnp.asarray(s, jnp.float32),
+                                   jnp.asarray(mask), kept, binarize)
+        alpha = np.abs(w)[mask].sum() / kept
+        want = np.sign(w) * alpha * mask if binarize else w * mask
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
+        dw, ds = jax.grad(f, argnums=(0, 1))(jnp.asarray(w, jnp.float32),
+                                             jnp.asarray(s, jnp.float32))
+        np.testing.assert_allclose(np.asarray(ds), np.sign(s) * w * g, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(dw), 0.0)
+    with pytest.raises(ValueError, match="bool"):
+        ops.kernel_from_mask(jnp.ones((2, 2)), jnp.ones((2, 2)), jnp.ones((2, 2)), 2, True)
+
+
+def _cifar_config(model, mask_impl, mask_method="compare", mode="biprop"):
+    config = config_utils.cifar10_config(model)
+    config.update(dict(batch_size=8, eval_batch_size=8, precision="float32", mode=mode,
+                       keep_fraction=0.3, mask_impl=mask_impl, mask_method=mask_method))
+    return config_utils.resolve(config)
+
+
+@pytest.mark.parametrize("model_name,mode", [("conv2", "biprop"),
+                                             ("resnet20_cifar", "edgepopup")])
+def test_batched_step_bit_identical_to_per_layer(model_name, mode):
+    rng = np.random.default_rng(0)
+    batch = dict(image=jnp.asarray(rng.standard_normal((8, 32, 32, 3)), jnp.float32),
+                 label=jnp.asarray(rng.integers(0, 10, 8), jnp.int32))
+    results = {}
+    variants = [("per_layer", "compare"), ("batched", "compare"), ("batched", "radix_many")]
+    if model_name != "conv2":  # keep the test short: radix_many on one model is enough
+        variants = variants[:2]
+    for impl, method in variants:
+        config = _cifar_config(model_name, impl, method, mode)
+        model = train.create_model(config, 10)
+        tx = optim.make_optimizer(config, 10)
+        state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0), (32, 32, 3))
+        assert "masks" not in jax.eval_shape(
+            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+        chex.clear_trace_counter()  # one trace per configuration of this loop
+        step_fn = functools.partial(train.train_step, model=model, tx=tx, config=config)
+        step = jax.jit(chex.assert_max_traces(lambda s, b: step_fn(s, b), n=1))
+        ev = jax.jit(functools.partial(train.eval_step, model=model, config=config))
+        new_state, metrics = step(state, batch)
+        new_state, metrics2 = step(new_state, batch)  # second step: no retrace
+        results[(impl, method)] = (new_state.params, new_state.batch_stats, metrics["loss"],
+                                   metrics2["loss"], ev(new_state, batch))
+    ref = results[("per_layer", "compare")]
+    for key, got in results.items():
+        for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+            assert np.array_equal(np.asarray(a), np.asarray(b)), key
