@@ -146,8 +146,9 @@ class Checkpointer:
                  f"epoch {epoch + 1}, step {in_epoch} of that epoch")
         return f"{os.path.join(self.directory, 'latest', str(step))} (global step {step}, {where})"
 
-    def save(self, state, meta: dict, best: bool = False) -> None:
-        """Saves ``state`` + ``meta`` as global step ``meta['global_step']`` (and as best)."""
+    def save(self, state, meta: dict, best: bool = False, latest: bool = True) -> None:
+        """Saves ``state`` + ``meta`` as global step ``meta['global_step']`` in "latest"
+        (unless ``latest=False``) and in "best" (if ``best``). ``state`` may be a host copy."""
         ocp = _ocp()
         # The state is replicated: saving host numpy copies writes one topology-independent
         # copy (restorable on any device count) and avoids per-device slicing in orbax.
@@ -156,7 +157,7 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.PyTreeSave(host_state),
                                   meta=_meta_args("save")(meta))
         step = int(meta["global_step"])
-        targets = [self._latest] + ([self._best] if best else [])
+        targets = ([self._latest] if latest else []) + ([self._best] if best else [])
         for mngr in targets:
             try:
                 with _quiet_orbax_errors():

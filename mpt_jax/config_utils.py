@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mask_method = "compare"      # batched only: compare | compare<D> | radix_many | per_layer
     # Run control.
     c.log_every_steps = 50
-    c.checkpoint_every_epochs = 1
+    c.checkpoint_every_epochs = 1  # the best epoch is held on the host until the next save
     c.checkpoint_every_steps = 0   # also checkpoint every N global steps mid-epoch (0 = off)
     c.max_train_steps = -1         # -1 = no limit (smoke tests)
     c.restart = False              # discard an existing checkpoint in the workdir

@@ -374,6 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     bar.set_batch_size(config.batch_size)
     global_step = start_epoch * spe + start_step
     stop_reason = final_result = None
+    pending_best = None  # (host state, meta) of a best epoch not yet written
     try:
         with _StopSignal() as stop:
             epoch = start_epoch
@@ -392,6 +393,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
                 if stop_reason in ("signal",):
                     checkpointer.save(state, _meta(config, epoch, step_in_epoch, global_step,
                                                    best, last_eval, k_t))
+                    if pending_best is not None:
+                        checkpointer.save(*pending_best, best=True, latest=False)
                     # Multi-process: a process without the signal stops because another had it.
                     name = stop.received or "a signal to another process"
                     raise Interrupted(
@@ -423,8 +426,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
                     final_result = meta_now["result"] = _result(
                         config, ds, best, last_eval, global_step, ep_num, time.time() - t_start,
                         stop_reason or ("max_train_steps" if limit else None))
-                if last or new_best or (ep_num % config.checkpoint_every_epochs == 0):
+                periodic = last or ep_num % config.checkpoint_every_epochs == 0
+                if new_best and not periodic:
+                    # Keep the best epoch's state on the host and write it with the next
+                    # checkpoint: a full save at every new best would cost more than a short
+                    # CIFAR epoch (and ~1 GB per save for WRN-50-2).
+                    pending_best = (parallel.to_host(state), meta_now)
+                elif periodic:
                     checkpointer.save(state, meta_now, best=new_best)
+                    if pending_best is not None and not new_best:
+                        checkpointer.save(*pending_best, best=True, latest=False)
+                    pending_best = None
                 if limit:
                     stop_reason = stop_reason or "max_train_steps"
                 epoch = next_epoch

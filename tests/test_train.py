@@ -313,3 +313,21 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(CheckpointError, match=r"is not writable"):
         checkpoint.check_writable(str(blocker / "run"))
+
+
+def test_best_checkpoint_is_the_best_epoch_with_sparse_checkpoints(tmp_path):
+    """With checkpoint_every_epochs > 1 the best epoch's state is held on the host and
+    written with the next checkpoint: the "best" checkpoint equals the one of a run that
+    saves every epoch."""
+    mesh = parallel.make_mesh()
+    ds = TinyDataset(mesh)
+    kw = dict(num_epochs=5, learning_rate=0.5)
+    every = train.train_and_evaluate(tiny_config(**kw), str(tmp_path / "every"), dataset=ds)
+    sparse = train.train_and_evaluate(tiny_config(checkpoint_every_epochs=4, **kw),
+                                      str(tmp_path / "sparse"), dataset=ds)
+    assert sparse == dict(every, wall_seconds=sparse["wall_seconds"])
+    a = checkpoint.load_for_inference(str(tmp_path / "every"), which="best")
+    b = checkpoint.load_for_inference(str(tmp_path / "sparse"), which="best")
+    assert a["metrics"]["epoch"] == b["metrics"]["epoch"] == every["best_epoch"]
+    chex.assert_trees_all_equal(a["params"], b["params"])
+    chex.assert_trees_all_equal(a["batch_stats"], b["batch_stats"])
