@@ -27,7 +27,7 @@ SCHEDULES = ("cosine", "constant")
 GRANULARITIES = ("epoch", "step")
 PRECISIONS = ("auto", "float32", "bfloat16")
 PRUNING = ("layerwise", "global")
-MASK_IMPLS = ("per_layer", "batched")
+MASK_IMPLS = ("auto", "per_layer", "batched")
 INITS = ("kaiming_normal", "signed_constant", "unsigned_constant")
 SCALE_FAN = ("none", "reference", "kept")
 FAN_MODES = ("fan_in", "fan_out")
@@ -83,10 +83,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.precision = "auto"
     # How the layerwise top-k masks are computed (issue 6; same kept sets either way, so
-    # not part of the checkpoint fingerprint): "per_layer" (each layer in its own apply) or
-    # "batched" (all layers at once before apply, mpt_jax.masks with mask_method).
-    c.mask_impl = "per_layer"
-    c.mask_method = "compare"      # batched only: compare | compare<D> | radix_many | per_layer
+    # not part of the checkpoint fingerprint): "per_layer" (each layer in its own apply),
+    # "batched" (all layers at once before apply, mpt_jax.masks with mask_method), or "auto"
+    # = batched on GPU (measured fastest there, benchmarks/RESULTS.md), per_layer elsewhere
+    # (on XLA:CPU the batched path measured 2-3x slower; TPU unmeasured).
+    c.mask_impl = "auto"
+    c.mask_method = "radix_many"   # batched only: radix_many | compare | compare<D> | per_layer
     # Run control.
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 1  # the best epoch is held on the host until the next save
@@ -308,12 +310,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     _choice(config, "schedule_granularity", GRANULARITIES)
     _choice(config, "precision", PRECISIONS)
     _choice(config, "pruning", PRUNING)
-    if config.get("mask_impl", "per_layer") not in MASK_IMPLS:
+    if config.get("mask_impl", "auto") not in MASK_IMPLS:
         raise ConfigError(f"mask_impl must be one of {', '.join(MASK_IMPLS)}; got "
                           f"{config.get('mask_impl')!r} (set --config.mask_impl=...)")
     try:
         from mpt_jax import masks  # noqa: PLC0415
-        masks.check_method(config.get("mask_method", "compare"))
+        masks.check_method(config.get("mask_method", "radix_many"))
     except ValueError as e:
         raise ConfigError(f"mask_method: {e} (set --config.mask_method=...)") from None
     _choice(config, "weight_init", INITS)

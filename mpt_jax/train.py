@@ -136,6 +136,14 @@ def with_global_threshold(state: TrainState) -> dict:
     return jax.tree.map(lambda t: jnp.broadcast_to(tau, t.shape).astype(t.dtype), state.pruning)
 
 
+def resolved_mask_impl(config) -> str:
+    """``mask_impl`` with "auto" resolved: batched on GPU, per_layer on CPU/TPU (issue 6)."""
+    impl = config.get("mask_impl", "auto")
+    if impl == "auto":
+        return "batched" if jax.default_backend() == "gpu" else "per_layer"
+    return impl
+
+
 def batched_masks(state: TrainState, config) -> dict:
     """The ``masks`` collection (issue 6) when ``config.mask_impl == "batched"``, else {}.
 
@@ -143,7 +151,7 @@ def batched_masks(state: TrainState, config) -> dict:
     model.apply; the layers then skip their own per-layer top-k. Same kept sets, so the
     same training (mask_impl is not part of the checkpoint fingerprint).
     """
-    if config is None or config.get("mask_impl", "per_layer") != "batched":
+    if config is None or resolved_mask_impl(config) != "batched":
         return {}
     if config.mode not in ("biprop", "edgepopup") or config.get("pruning") != "layerwise":
         return {}
@@ -151,7 +159,7 @@ def batched_masks(state: TrainState, config) -> dict:
 
     return masks_lib.params_masks(jax.lax.stop_gradient(state.params),
                                   float(config.keep_fraction),
-                                  config.get("mask_method", masks_lib.DEFAULT_METHOD))
+                                  config.get("mask_method", "radix_many"))
 
 
 def _with_masks(variables: dict, masks: dict) -> dict:

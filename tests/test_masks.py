@@ -141,3 +141,14 @@ def test_batched_step_bit_identical_to_per_layer(model_name, mode):
     for key, got in results.items():
         for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
             assert np.array_equal(np.asarray(a), np.asarray(b)), key
+
+
+def test_auto_mask_impl_is_per_layer_on_cpu_and_batched_on_gpu(monkeypatch):
+    from mpt_jax import config_utils, train
+    config = config_utils.base_config()
+    assert config.mask_impl == "auto"
+    assert train.resolved_mask_impl(config) == "per_layer"  # this suite runs on CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert train.resolved_mask_impl(config) == "batched"
+    config.mask_impl = "per_layer"
+    assert train.resolved_mask_impl(config) == "per_layer"
