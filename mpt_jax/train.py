@@ -463,8 +463,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     if stop_reason == "not_learning":
         _print(f"stopped: best top-1 {best['top1']:.2f}% < {NOT_LEARNING_TOP1}% after epoch "
                f"{last_eval['epoch']} (stop_if_not_learning, SPEC 6.6)")
+    if is_main and config.mode in ("biprop", "edgepopup"):
+        _print_ticket_summary(workdir)
     _print(result_line(result))
     return result
+
+
+def _print_ticket_summary(workdir: str) -> None:
+    """The found ticket's Larq-style table (issue 5) at the end of the training log."""
+    from mpt_jax import ticket as ticket_lib  # noqa: PLC0415  (only needed here)
+
+    try:
+        found = ticket_lib.ticket_from_run(workdir, "latest")
+        size = len(ticket_lib.ticket_bytes(found))
+        _print(ticket_lib.summary_table(ticket_lib.summary(found, file_bytes=size)))
+        _print(f"export this ticket ({size:,} bytes): python -m mpt_jax.ticket export "
+               f"--workdir={workdir} --out=<file> [--which=best]")
+    except Exception as e:  # noqa: BLE001  (a summary must never fail a finished run)
+        _print(f"(ticket summary unavailable: {type(e).__name__}: {e})")
 
 
 def _write_result(workdir: str, result: dict) -> None:
