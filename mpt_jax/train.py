@@ -463,7 +463,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     if stop_reason == "not_learning":
         _print(f"stopped: best top-1 {best['top1']:.2f}% < {NOT_LEARNING_TOP1}% after epoch "
                f"{last_eval['epoch']} (stop_if_not_learning, SPEC 6.6)")
-    if is_main and config.mode in ("biprop", "edgepopup"):
+    # Single process only: reloading the checkpoint on one process of a multi-process run
+    # would wait in orbax's cross-process barriers for processes that have already exited.
+    if jax.process_count() == 1 and config.mode in ("biprop", "edgepopup"):
         _print_ticket_summary(workdir)
     _print(result_line(result))
     return result
