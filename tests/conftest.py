@@ -5,3 +5,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+
+import pytest  # noqa: E402  (after the XLA flags above)
+
+
+@pytest.fixture
+def x64():
+    """float64 for the NumPy-reference comparisons, restored afterwards."""
+    import jax  # noqa: PLC0415
+
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", old)

@@ -239,13 +239,6 @@ def np_relu(x):
     return np.maximum(x, 0.0)
 
 
-@pytest.fixture
-def x64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 def dense_forward(name, x, **options):
     """Builds ``name`` in dense mode (kernels are ordinary params) and runs it in float64.
 

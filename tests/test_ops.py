@@ -65,14 +65,6 @@ def ref_threshold_kernel(weight, scores, tau, binarize=True):
     return alpha * np.sign(w) * m
 
 
-@pytest.fixture
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
-
-
 def _draw(shape, seed, integer_scores=False):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal(shape).astype(np.float32)

@@ -10,14 +10,6 @@ import pytest
 from mpt_jax import config_utils, optim, train
 
 
-@pytest.fixture
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
-
-
 def _config(**kw):
     c = config_utils.base_config()
     c.update(kw)
