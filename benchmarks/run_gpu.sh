@@ -123,8 +123,9 @@ for g in $BENCH_GROUPS; do
               --torch-peer $STEPS ;;
     conv4)  run conv4 30 80 $BENCH --model conv4 --batch $B_SMALL --precision $PREC \
               --modes biprop,dense --select radix --torch-peer $STEPS ;;
-    wrn50)  run wrn50_2 120 200 $BENCH --model wrn50_2 --batch $B_BIG --precision $PREC \
-              --modes biprop,dense --select radix --torch-peer $STEPS ;;
+    wrn50)  run wrn50_2 120 240 $BENCH --model wrn50_2 --batch $B_BIG --precision $PREC \
+              --modes biprop,dense --select radix --mask-impl per_layer,batched \
+              --mask-method $WRN50_METHOD --torch-peer $STEPS ;;
     wrn34)  if [ $DRY = 1 ]; then M=resnet20_cifar; B=$B_SMALL; else M=wrn34_2_binact; B=$B_BIG; fi
             run $M 90 150 $BENCH --model $M --batch $B --precision $PREC \
               --modes biprop,dense --select radix --torch-peer $STEPS ;;
