@@ -153,6 +153,13 @@ def _check_keep_fraction(keep_fraction) -> None:
 # ---------------------------------------------------------------------------
 # Score-masked kernels with straight-through score gradients (SPEC 1.5)
 
+# Name scopes of the biprop-specific work in the compiled step, so that a profile
+# (benchmarks/profile_step.py) can tell the mask search, the kernel construction and the
+# score gradient apart from the convolutions (they appear in XLA's op_name metadata).
+SCOPE_MASK = "mask_search"
+SCOPE_KERNEL = "kernel_build"
+SCOPE_SCORE_GRAD = "score_grad"
+
 
 def _sign_abs_grad(scores: Array) -> Array:
     # d|s|/ds = sign(s), with 0 at s == 0 as in PyTorch (SPEC 8 item 6).
@@ -161,17 +168,19 @@ def _sign_abs_grad(scores: Array) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _masked_kernel(weight: Array, scores: Array, kept: Array, binarize: bool) -> Array:
-    mask = topk_mask(jnp.abs(scores), kept)
+    with jax.named_scope(SCOPE_MASK):
+        mask = topk_mask(jnp.abs(scores), kept)
     return _apply_mask(weight, mask, kept, binarize)
 
 
 def _apply_mask(weight, mask, kept, binarize):
-    maskf = mask.astype(weight.dtype)
-    if binarize:
-        abs_w = jnp.abs(weight)
-        alpha = jnp.sum(abs_w * maskf) / jnp.asarray(kept, weight.dtype)
-        return jnp.sign(weight) * (alpha * maskf)
-    return weight * maskf
+    with jax.named_scope(SCOPE_KERNEL):
+        maskf = mask.astype(weight.dtype)
+        if binarize:
+            abs_w = jnp.abs(weight)
+            alpha = jnp.sum(abs_w * maskf) / jnp.asarray(kept, weight.dtype)
+            return jnp.sign(weight) * (alpha * maskf)
+        return weight * maskf
 
 
 def _masked_kernel_fwd(weight, scores, kept, binarize):
@@ -181,7 +190,8 @@ def _masked_kernel_fwd(weight, scores, kept, binarize):
 def _masked_kernel_bwd(binarize, residuals, g):
     weight, scores = residuals
     # sign(s) * |W| * sign(W) * G = sign(s) * W * G; W and alpha receive nothing.
-    d_scores = _sign_abs_grad(scores) * weight * g
+    with jax.named_scope(SCOPE_SCORE_GRAD):
+        d_scores = _sign_abs_grad(scores) * weight * g
     return jnp.zeros_like(weight), d_scores.astype(scores.dtype), None
 
 
@@ -262,34 +272,51 @@ def global_threshold(score_leaves: Sequence[Array], keep_fraction) -> Array:
     tau = z[p - 1] with z the ascending |scores| of every layer and p = floor((1 - k) N)
     the number of pruned entries; layers then keep |s| > tau (strict). keep_fraction == 1
     returns -inf (nothing pruned; the reference's p = 0 case pruned everything, a bug).
-    ``keep_fraction`` may be a Python float or a traced scalar (for the ramp schedule).
-    No gradient flows through tau.
+    ``keep_fraction`` may be a Python float or a traced scalar (for the ramp schedule; a
+    float32 one can miss the float64 count by one entry, see ``_kept_as_array``: for exact
+    counts compute them on the host and call ``global_threshold_for_count``, as training
+    does). No gradient flows through tau.
     """
     _check_keep_fraction(keep_fraction)
+    total = _total_size(score_leaves)
+    return global_threshold_for_count(score_leaves, _kept_as_array(total, keep_fraction))
+
+
+def _total_size(score_leaves: Sequence[Array]) -> int:
     if not score_leaves:
         raise ValueError("global_threshold needs at least one score array, got none")
-    z = jnp.concatenate([jnp.abs(jax.lax.stop_gradient(s)).reshape(-1) for s in score_leaves])
-    total = z.shape[0]
-    kept = _kept_as_array(total, keep_fraction)
-    pruned = total - jnp.asarray(kept, jnp.int32)
-    if isinstance(kept, int):
-        if pruned == 0:
-            return jnp.array(-jnp.inf, z.dtype)
-        return _kth_largest(z, kept + 1)  # the p-th smallest = the (kept+1)-th largest
-    tau = _kth_largest(z, jnp.minimum(kept + 1, total))
-    return jnp.where(pruned == 0, -jnp.inf, tau).astype(z.dtype)
+    return sum(math.prod(jnp.shape(s)) for s in score_leaves)
+
+
+def global_threshold_for_count(score_leaves: Sequence[Array], kept) -> Array:
+    """tau of SPEC 1.7 for a network-wide kept count ``kept`` = N - p (a Python int, or an
+    int32 scalar array so that a changing count does not recompile; clamped to [1, N])."""
+    total = _total_size(score_leaves)
+    if isinstance(kept, (int, np.integer)) and not 1 <= kept <= total:
+        raise ValueError(f"kept must be in [1, {total}] (entries kept network-wide), got {kept}")
+    with jax.named_scope(SCOPE_MASK):
+        z = jnp.concatenate([jnp.abs(jax.lax.stop_gradient(s)).reshape(-1)
+                             for s in score_leaves])
+        if isinstance(kept, (int, np.integer)):
+            if kept == total:
+                return jnp.array(-jnp.inf, z.dtype)
+            return _kth_largest(z, int(kept) + 1)  # the p-th smallest = the (kept+1)-th largest
+        kept = jnp.clip(jnp.asarray(kept, jnp.int32), 1, total)
+        tau = _kth_largest(z, jnp.minimum(kept + 1, total))
+        return jnp.where(kept == total, -jnp.inf, tau).astype(z.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _threshold_kernel(weight, scores, threshold, binarize):
-    mask = jnp.abs(scores) > threshold
-    maskf = mask.astype(weight.dtype)
-    if binarize:
-        count = jnp.sum(maskf)
-        # A layer that keeps nothing gets alpha = 0 (the reference yields 0/0 = NaN).
-        alpha = jnp.sum(jnp.abs(weight) * maskf) / jnp.maximum(count, 1.0)
-        return jnp.sign(weight) * (alpha * maskf)
-    return weight * maskf
+    with jax.named_scope(SCOPE_KERNEL):
+        mask = jnp.abs(scores) > threshold
+        maskf = mask.astype(weight.dtype)
+        if binarize:
+            count = jnp.sum(maskf)
+            # A layer that keeps nothing gets alpha = 0 (the reference yields 0/0 = NaN).
+            alpha = jnp.sum(jnp.abs(weight) * maskf) / jnp.maximum(count, 1.0)
+            return jnp.sign(weight) * (alpha * maskf)
+        return weight * maskf
 
 
 def _threshold_kernel_fwd(weight, scores, threshold, binarize):
@@ -298,7 +325,8 @@ def _threshold_kernel_fwd(weight, scores, threshold, binarize):
 
 def _threshold_kernel_bwd(binarize, residuals, g):
     weight, scores, threshold = residuals
-    d_scores = _sign_abs_grad(scores) * weight * g
+    with jax.named_scope(SCOPE_SCORE_GRAD):
+        d_scores = _sign_abs_grad(scores) * weight * g
     return jnp.zeros_like(weight), d_scores.astype(scores.dtype), jnp.zeros_like(threshold)
 
 

@@ -1,7 +1,7 @@
 """Training and evaluation: pure steps, jit over a mesh, the epoch loop (SPEC 6).
 
 Public API (PREAMBLE "Train" contract):
-  TrainState(step, params, frozen, batch_stats, opt_state, pruning, keep_fraction, rng)
+  TrainState(step, params, frozen, batch_stats, opt_state, pruning, kept_total, rng)
   create_model(config, num_classes) -> nn.Module
   create_train_state(config, model, tx, rng, image_shape) -> TrainState
   train_step(state, batch, *, model, tx, config) -> (state, metrics)       pure, un-jitted
@@ -10,10 +10,10 @@ Public API (PREAMBLE "Train" contract):
   evaluate(p_eval, state, ds) -> dict(top1, top5, loss, count)
   train_and_evaluate(config, workdir, *, dataset=None, overridden=()) -> result dict
 
-The loop (SPEC 6.1, 6.6): per epoch, set the global-pruning keep fraction k_t (an array in
-the state: no recompilation), train (lr from the optax schedule), evaluate every eval example
-once (top-1 / top-5), track the best top-1, checkpoint, optionally stop if not learning.
-Rerunning with the same workdir resumes from the last checkpoint at the same epoch and step
+The loop (SPEC 6.1, 6.6): per epoch, set the global-pruning keep fraction k_t (as its exact
+kept count, an array in the state: no recompilation), train (lr from the optax schedule),
+evaluate every eval example once (top-1 / top-5), track the best top-1, checkpoint,
+optionally stop if not learning. Rerunning with the same workdir resumes from the last checkpoint at the same epoch and step
 (data order is a pure function of (seed, epoch)); SIGTERM / Ctrl-C checkpoint and exit; a
 non-finite step stops the run without saving it; ``checkpoint_every_steps`` adds mid-epoch
 saves (issue 4; see checkpoint.py for crash safety).
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import signal
 import time
@@ -47,8 +48,10 @@ class TrainState(struct.PyTreeNode):
 
     params: what the optimizer sees (scores | kernel | BN scale/bias), frozen: random weights W,
     batch_stats: BN running statistics, pruning: per-layer global threshold (global pruning
-    only, else {}), keep_fraction: the current keep fraction k_t (global-pruning ramp; an array
-    so changing it never recompiles), rng: PRNG key data of the run.
+    only, else {}), kept_total: the number of scores kept network-wide under global pruning
+    at the current keep fraction k_t of the ramp (SPEC 1.7: N - floor((1 - k_t) N), computed
+    on the host in float64 by ``with_keep_fraction``; an int32 array so that the ramp never
+    recompiles; unused by layerwise pruning), rng: PRNG key data of the run.
     """
 
     step: jax.Array
@@ -57,7 +60,7 @@ class TrainState(struct.PyTreeNode):
     batch_stats: Any
     opt_state: Any
     pruning: Any
-    keep_fraction: jax.Array
+    kept_total: jax.Array
     rng: jax.Array
 
     def variables(self, params=None, pruning=None) -> dict:
@@ -109,7 +112,8 @@ def create_train_state(config, model: nn.Module, tx: optax.GradientTransformatio
             step=jnp.zeros((), jnp.int32), params=params,
             frozen=variables.get("frozen", {}), batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(params), pruning=variables.get("pruning", {}),
-            keep_fraction=jnp.asarray(keep, jnp.float32), rng=jax.random.key_data(state_rng))
+            kept_total=jnp.asarray(global_kept_total(params, keep), jnp.int32),
+            rng=jax.random.key_data(state_rng))
 
     return init(jax.random.key_data(rng) if _is_typed_key(rng) else rng)
 
@@ -128,11 +132,25 @@ def _score_leaves(params) -> list:
     return [x for path, x in flat if getattr(path[-1], "key", None) == "scores"]
 
 
+def global_kept_total(params, keep_fraction: float) -> int:
+    """Scores kept network-wide at ``keep_fraction`` (SPEC 1.7, float64 on the host)."""
+    total = sum(math.prod(x.shape) for x in _score_leaves(params))
+    return ops.global_kept_count(total, keep_fraction) if total else 0
+
+
+def with_keep_fraction(state: TrainState, keep_fraction: float, sharding=None) -> TrainState:
+    """``state`` with the global-pruning kept count for keep fraction k_t (host float)
+    placed like ``sharding`` (replicated); the count is exact, not rounded through float32."""
+    kept = np.asarray(global_kept_total(state.params, float(keep_fraction)), np.int32)
+    return state.replace(kept_total=jax.device_put(kept, sharding))
+
+
 def with_global_threshold(state: TrainState) -> dict:
-    """The 'pruning' collection with tau of SPEC 1.7 (from the current scores and k_t)."""
+    """The 'pruning' collection with tau of SPEC 1.7 (from the current scores and the
+    kept count of k_t)."""
     if not state.pruning:
         return state.pruning
-    tau = ops.global_threshold(_score_leaves(state.params), state.keep_fraction)
+    tau = ops.global_threshold_for_count(_score_leaves(state.params), state.kept_total)
     return jax.tree.map(lambda t: jnp.broadcast_to(tau, t.shape).astype(t.dtype), state.pruning)
 
 
@@ -390,8 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
                 k_t = ops.global_keep_schedule(epoch, float(config.keep_fraction),
                                                int(config.prune_ramp_epochs)) \
                     if config.pruning == "global" else float(config.keep_fraction)
-                state = state.replace(keep_fraction=jax.device_put(
-                    jnp.asarray(k_t, jnp.float32), parallel.replicated(mesh)))
+                state = with_keep_fraction(state, k_t, parallel.replicated(mesh))
                 state, step_in_epoch, stop_reason = _train_epoch(
                     p_train, state, ds, epoch, start_step, spe, config, logger, bar, schedule,
                     stop, checkpointer, epoch_is_first=epoch == start_epoch, best=best,

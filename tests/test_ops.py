@@ -404,6 +404,21 @@ def test_global_threshold_traced_keep_fraction_and_jit():
         assert float(tau) == ref_global_threshold(leaves, k)
 
 
+def test_global_threshold_for_count_traced_no_retrace():
+    """The kept count as an int32 array (what training passes): exact float64 SPEC 1.7
+    thresholds for every k, one trace for all of them, -inf when everything is kept."""
+    leaves, _ = _global_leaves(23)
+    n = sum(s.size for s in leaves)
+    f = jax.jit(chex.assert_max_traces(ops.global_threshold_for_count, n=1))
+    for k in (0.1, 0.37, 0.5, 1.0):
+        kept = jnp.asarray(ref_kept(n, k), jnp.int32)
+        tau = f([jnp.asarray(s) for s in leaves], kept)
+        assert float(tau) == ref_global_threshold(leaves, k)
+    chex.clear_trace_counter()
+    with pytest.raises(ValueError, match="kept must be in"):
+        ops.global_threshold_for_count([jnp.asarray(s) for s in leaves], n + 1)
+
+
 def test_global_keep_fraction_one_prunes_nothing():
     leaves, weights = _global_leaves(22)
     tau = ops.global_threshold([jnp.asarray(s) for s in leaves], 1.0)

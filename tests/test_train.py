@@ -109,8 +109,10 @@ def test_global_pruning_threshold_no_retrace():
     p_train = jax.jit(step_fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                       donate_argnums=(0,))
     batches = ds.train_batches(0)
+    total = sum(x.size for x in train._score_leaves(state.params))
     for k in (0.5, 0.4, 0.3):
-        state = state.replace(keep_fraction=parallel.replicate(jnp.float32(k), mesh))
+        state = train.with_keep_fraction(state, k, parallel.replicated(mesh))
+        assert int(state.kept_total) == total - math.floor((1.0 - k) * total)
         scores = [np.asarray(x) for x in train._score_leaves(state.params)]
         state, metrics = p_train(state, next(batches))
         assert bool(metrics["finite"])
@@ -124,6 +126,24 @@ def test_global_pruning_threshold_no_retrace():
         kept = sum(int((np.abs(s) > z[p - 1]).sum()) for s in scores)
         assert kept == z.size - p
     chex.clear_trace_counter()
+
+
+def test_global_kept_count_is_the_float64_count():
+    """SPEC 1.7's N - floor((1 - k) N) in float64, also where float32 arithmetic on the
+    device would give another count (e.g. N = 1000, k = 0.066: 934 in float64, 933 in
+    float32): the state carries the host's count, not k."""
+    params = {"a": {"scores": jnp.zeros((10, 60))}, "b": {"scores": jnp.zeros((400,))}}
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen={},
+                             batch_stats={}, opt_state={}, pruning={},
+                             kept_total=jnp.zeros((), jnp.int32), rng=jnp.zeros(2, jnp.uint32))
+    differs = 0
+    for k in np.arange(0.05, 0.5, 0.001).round(3):
+        k = float(k)
+        kept = int(train.with_keep_fraction(state, k).kept_total)
+        assert kept == 1000 - math.floor((1.0 - k) * 1000)
+        f32 = 1000 - math.floor(np.float32(1.0 - np.float32(k)) * np.float32(1000))
+        differs += kept != f32
+    assert differs > 0  # the float32 route really would have been off on this grid
 
 
 def test_data_parallel_matches_single_device():
