@@ -203,7 +203,8 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
     if nan_step > 0:  # tests only (issue 4): global step nan_step (1-based) sees NaN inputs
         image = jnp.where(state.step + 1 == nan_step, jnp.nan, image)
 
-    masks = batched_masks(state, config)  # {} unless mask_impl == "batched"
+    with jax.named_scope(ops.SCOPE_MASK):
+        masks = batched_masks(state, config)  # {} unless mask_impl == "batched"
 
     def loss_fn(params):
         logits, updates = model.apply(_with_masks(state.variables(params, pruning), masks),
@@ -212,16 +213,18 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
         return loss, (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    opt_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
-        opt_state=opt_state, batch_stats=updates.get("batch_stats", state.batch_stats),
-        pruning=pruning)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    _, top = jax.lax.top_k(logits.astype(jnp.float32), min(5, logits.shape[-1]))
-    top1 = jnp.mean((top[:, 0] == batch["label"]).astype(jnp.float32))
-    top5 = jnp.mean(jnp.any(top == batch["label"][:, None], axis=-1).astype(jnp.float32))
+    with jax.named_scope("optimizer"):  # scope names: benchmarks/profile_step.py
+        opt_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
+            opt_state=opt_state, batch_stats=updates.get("batch_stats", state.batch_stats),
+            pruning=pruning)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    with jax.named_scope("metrics"):
+        _, top = jax.lax.top_k(logits.astype(jnp.float32), min(5, logits.shape[-1]))
+        top1 = jnp.mean((top[:, 0] == batch["label"]).astype(jnp.float32))
+        top5 = jnp.mean(jnp.any(top == batch["label"][:, None], axis=-1).astype(jnp.float32))
     return new_state, dict(loss=loss, top1=top1, top5=top5, finite=finite)
 
 
