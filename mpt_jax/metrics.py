@@ -69,7 +69,7 @@ def _field_bytes(number: int, payload: bytes) -> bytes:
 
 
 def _event(wall_time: float, step: int, *, file_version: str | None = None,
-           scalars: Mapping[str, float] | None = None) -> bytes:
+           scalars: Mapping[str, float] | None = None, session_start: bool = False) -> bytes:
     msg = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(step)
     if file_version is not None:
         msg += _field_bytes(3, file_version.encode())
@@ -79,6 +79,8 @@ def _event(wall_time: float, step: int, *, file_version: str | None = None,
                          + struct.pack("<f", float(value)))
             for tag, value in scalars.items())
         msg += _field_bytes(5, summary)
+    if session_start:  # Event.session_log (field 7) = SessionLog{status: START (1)}
+        msg += _field_bytes(7, _varint(1 << 3 | 0) + _varint(1))
     return msg
 
 
@@ -88,14 +90,25 @@ def _record(data: bytes) -> bytes:
 
 
 class EventWriter:
-    """Appends scalar summaries to a new ``events.out.tfevents.*`` file in ``logdir``."""
+    """Appends scalar summaries to a new ``events.out.tfevents.*`` file in ``logdir``.
 
-    def __init__(self, logdir: str):
+    ``start_step``: the first step this writer will log. A SessionLog START event at that
+    step makes TensorBoard drop what earlier files logged at steps >= start_step (its
+    "purge orphaned data" rule, as tf.summary writers do on restart), so the steps that a
+    resumed run replays after its checkpoint appear once, not twice.
+    """
+
+    def __init__(self, logdir: str, start_step: int | None = None):
         os.makedirs(logdir, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        t = time.time()
+        # Microseconds before the host: TensorBoard reads the files in name order.
+        name = (f"events.out.tfevents.{int(t)}.{int(t % 1 * 1e6):06d}."
+                f"{socket.gethostname()}.{os.getpid()}")
         self.path = os.path.join(logdir, name)
         self._file = open(self.path, "ab")
-        self._file.write(_record(_event(time.time(), 0, file_version="brain.Event:2")))
+        self._file.write(_record(_event(t, 0, file_version="brain.Event:2")))
+        if start_step is not None:
+            self._file.write(_record(_event(t, int(start_step), session_start=True)))
         self._file.flush()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
@@ -120,7 +133,9 @@ def _is_number(value: Any) -> bool:
 class MetricsLogger:
     """Writes each event to ``metrics.jsonl`` and TensorBoard (only on process 0)."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, start_step: int | None = None):
+        """``start_step``: first step to be logged (a resumed run: the checkpoint's global
+        step + 1); TensorBoard then forgets what earlier runs logged from there on."""
         self.enabled = enabled
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self._jsonl = None
@@ -128,7 +143,7 @@ class MetricsLogger:
         if enabled:
             os.makedirs(workdir, exist_ok=True)
             self._jsonl = open(self.jsonl_path, "a")
-            self._tb = EventWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = EventWriter(os.path.join(workdir, "tensorboard"), start_step)
 
     def write(self, record: Mapping[str, Any]) -> None:
         """``record`` holds step, epoch, split and any numeric metrics (loss, top1, ...)."""

@@ -398,10 +398,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
 
     p_train, p_eval = make_parallel_steps(config, model, tx, mesh)
     is_main = jax.process_index() == 0
-    logger = metrics_lib.MetricsLogger(workdir, enabled=is_main)
+    global_step = start_epoch * spe + start_step
+    # Replayed steps (after the checkpoint) replace, not duplicate, earlier TensorBoard data.
+    logger = metrics_lib.MetricsLogger(workdir, enabled=is_main, start_step=global_step + 1)
     bar = metrics_lib.ProgressBar(config.num_epochs, spe, enabled=is_main and config.progress_bar)
     bar.set_batch_size(config.batch_size)
-    global_step = start_epoch * spe + start_step
     stop_reason = final_result = None
     pending_best = None  # (host state, meta) of a best epoch not yet written
     try:

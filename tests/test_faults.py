@@ -77,6 +77,16 @@ def metrics_records(workdir):
     return [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in recs]
 
 
+def tensorboard_scalars(workdir):
+    """{tag: [(step, value), ...]} as TensorBoard shows them (its loader, with its purge of
+    data orphaned by a restart), without the timing scalar."""
+    from tensorboard.backend.event_processing import event_accumulator
+    acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+            for tag in acc.Tags()["scalars"] if not tag.endswith("images_per_s")}
+
+
 def result(workdir):
     r = json.load(open(os.path.join(workdir, "result.json")))
     r.pop("wall_seconds")
@@ -105,6 +115,8 @@ def assert_same_run(workdir, reference):
         assert np.array_equal(ta[layer], tb[layer])
     assert result(workdir) == result(reference)
     assert metrics_records(workdir) == metrics_records(reference)
+    # The steps replayed after the checkpoint appear once in TensorBoard, as in the reference.
+    assert tensorboard_scalars(workdir) == tensorboard_scalars(reference)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mpt_jax import checkpoint, config_utils, optim, parallel, train
+from mpt_jax import metrics as metrics_lib
 from mpt_jax.errors import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,6 +266,31 @@ def _read_events(workdir):
             for value in event.summary.value:
                 scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     return scalars
+
+
+def test_tensorboard_forgets_steps_a_resumed_run_replays(tmp_path):
+    """A run logged steps 1..6 and was killed; resumed from its checkpoint at step 3, it logs
+    4..6 again: TensorBoard must show 1..6 once each, 4..6 with the new values."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    def shown(workdir, resume_marker):
+        first = metrics_lib.MetricsLogger(workdir, start_step=1)
+        for step in range(1, 7):
+            first.write(dict(step=step, split="train", loss=float(step)))
+        first.close()
+        resumed = metrics_lib.MetricsLogger(workdir, start_step=4 if resume_marker else None)
+        for step in range(4, 7):
+            resumed.write(dict(step=step, split="train", loss=10.0 * step))
+        resumed.close()
+        assert len(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))) == 2
+        acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars("train/loss")]
+
+    assert shown(str(tmp_path / "a"), True) == [
+        (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0)]
+    # Without the restart marker TensorBoard keeps both copies of 4..6 (the old behaviour).
+    assert len(shown(str(tmp_path / "b"), False)) == 9
 
 
 def test_main_end_to_end_resume_and_finished(tmp_path, compilation_cache):
