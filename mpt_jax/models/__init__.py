@@ -61,3 +61,4 @@ def get_model(name: str, **options) -> nn.Module:
 # Architectures registered by their own modules (imported for their side effect).
 from mpt_jax.models import convnets as _convnets  # noqa: E402,F401
 from mpt_jax.models import resnet as _resnet  # noqa: E402,F401
+from mpt_jax.models import resnet_v2 as _resnet_v2  # noqa: E402,F401

@@ -101,16 +101,19 @@ class ImageNetResNet(_ResNetBase):
     def stage_planes(self) -> Sequence[int]:
         return self.planes
 
+    def stem(self, x, train: bool):
+        """C7(3->64, s2) BN, then act and MP3 in the SPEC 5.6-5.8 order (v2 models override it)."""
+        x = self.conv(64, 7, 2, name="conv1")(x)
+        x = self.norm(train, name="bn1")(x)
+        if self.pool_before_act or self.binary_activations:
+            return self.act(max_pool(x, 3, 2, padding=1))  # SPEC 5.7 / 5.8 stem order
+        return max_pool(self.act(x), 3, 2, padding=1)
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         if self.block not in ("basic", "bottleneck"):
             raise ValueError(f"unknown block {self.block!r}; valid values: basic, bottleneck")
-        x = self.conv(64, 7, 2, name="conv1")(x)
-        x = self.norm(train, name="bn1")(x)
-        if self.pool_before_act or self.binary_activations:
-            x = self.act(max_pool(x, 3, 2, padding=1))  # SPEC 5.7 / 5.8 stem order
-        else:
-            x = max_pool(self.act(x), 3, 2, padding=1)
+        x = self.stem(x, train)
         for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_planes())):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
