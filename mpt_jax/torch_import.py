@@ -145,6 +145,13 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model_name: str, keep_fract
                        model_opts: Mapping[str, Any] | None = None,
                        num_classes: int | None = None, image_shape: Sequence[int] | None = None):
     """(model options, variables dict(params, frozen, batch_stats)) of a reference state_dict."""
+    if "_v2" in model_name:
+        # Layers are matched in call order; a v2 block calls its shortcut BN before BN2
+        # (BN2 follows the add) while the reference file lists bn2 first, and both have the
+        # same shape: the import would silently swap their statistics.
+        raise TicketError(f"importing reference checkpoints of the v2 models ({model_name!r}) "
+                          "is not supported: their BatchNorm order differs from the "
+                          "reference file's; import a v1 model or train the v2 model here")
     sd = strip_prefix(sd)
     t_prunable, t_norms = _torch_layers(sd)
     opts = dict(model_opts or {})

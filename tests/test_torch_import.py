@@ -192,6 +192,14 @@ def test_wrong_model_is_refused(tmp_path):
                                        model_opts=dict(width_mult=0.25), image_shape=(16, 16, 3))
 
 
+def test_v2_models_are_refused_not_silently_misread():
+    """A v2 block calls its shortcut BN before BN2 (same shapes as in the file, other order):
+    import must refuse instead of swapping BatchNorm statistics."""
+    sd = {"conv1.scores": np.zeros((4, 3, 3, 3), np.float32)}
+    with pytest.raises(T.TicketError, match="v2 models.*not supported"):
+        torch_import.convert_state_dict(sd, "resnet18_cifar_v2", KEEP)
+
+
 def test_cli_import_torch(tmp_path, capsys):
     torch, net = _torch_conv2_binact(False)
     path = tmp_path / "m.pth"
