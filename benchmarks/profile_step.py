@@ -278,14 +278,23 @@ def main(argv=None) -> int:
     ap.add_argument("--trace-dir", default=None, help="keep the raw trace here (TensorBoard "
                     "profile plugin / ui.perfetto.dev); default a temporary folder")
     ap.add_argument("--json", default=None, help="append the summary as one JSON line")
+    ap.add_argument("--markdown", default=None, help="append the printed tables to this file")
     args = ap.parse_args(argv)
     config = ts.load_config(args.model, args.mode, args.batch, args.precision,
                             args.keep_fraction, args.mask_impl, args.mask_method)
     summary = profile(config, args.steps, args.warmup, args.trace_dir)
-    label = (f"batched:{args.mask_method}" if args.mask_impl == "batched" else "per-layer")
+    if args.mode not in ("biprop", "edgepopup"):
+        label = "no mask"
+    else:
+        label = f"batched:{args.mask_method}" if args.mask_impl == "batched" else "per-layer"
+
     title = (f"{args.model} {args.mode} ({label}), batch {args.batch}, "
              f"{summary['device']} ({summary['backend']}), jax {summary['jax']}")
-    print(format_report(summary, summary["wall_ms_per_step"], title, args.top), flush=True)
+    report = format_report(summary, summary["wall_ms_per_step"], title, args.top)
+    print(report, flush=True)
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write(report + "\n\n")
     if args.json:
         summary.update(model=args.model, mode=args.mode, batch=args.batch, mask=label,
                        top_ops=summary["top_ops"][:args.top])

@@ -10,7 +10,9 @@
 #   BUDGET_S   total seconds for everything (default 420); groups that would not fit are
 #              skipped and said so, every group also has its own `timeout`.
 #   BENCH_GROUPS which groups, in order (default "r18b conv4b wrn50b r18 select conv4 wrn34
-#              wrn50sort"; r18b/conv4b/wrn50b: the batched mask path, train.py
+#              wrn50sort"; also: wrn34b / wrn50rm (batched radix_many for wrn34_2_binact /
+#              wrn50_2), prof (benchmarks/profile_step.py tables in $OUT/profile.md);
+#              r18b/conv4b/wrn50b: the batched mask path, train.py
 #              mask_impl=batched, mpt_jax.masks; MASK_METHODS picks its methods for r18b and
 #              conv4b, default "compare,compare_bcast,radix_many"; WRN50_METHOD for wrn50b,
 #              default "compare")
@@ -72,13 +74,13 @@ if [ $DRY = 1 ]; then
   BENCH_GROUPS=${BENCH_GROUPS:-"r18b conv4b select r18 conv4 wrn34"}
   B_SMALL=8; B_BIG=2; PREC=float32
   STEPS="--warmup 1 --steps 1 --repeats 2 --peer-steps 2 --peer-warmup 1"
-  SEL_MODELS="--model conv4"; SEL_REPEATS=2
+  SEL_MODELS="--model conv4"; SEL_REPEATS=2; PROF_STEPS=2
   meta note "DRY RUN on $(uname -m) CPU: numbers meaningless"
 else
   BENCH_GROUPS=${BENCH_GROUPS:-"r18b conv4b wrn50b r18 select conv4 wrn34 wrn50sort"}
   B_SMALL=256; B_BIG=256; PREC=bfloat16
   STEPS="--warmup 3 --steps 10 --repeats 5 --peer-steps 20 --peer-warmup 5"
-  SEL_MODELS="--model resnet18_cifar --model wrn50_2"; SEL_REPEATS=10
+  SEL_MODELS="--model resnet18_cifar --model wrn50_2"; SEL_REPEATS=10; PROF_STEPS=20
 fi
 SEL_ONLY="thr:sort,thr:radix,thr:radix copies=32,thr:radix_many copies=32,mask:sort,mask:radix,mask:radix kept_mask"
 BENCH="$PY benchmarks/train_step.py --json $OUT/rows.jsonl --peer-path $PEER --peer-python $PY"
@@ -131,6 +133,23 @@ for g in $BENCH_GROUPS; do
               --modes biprop,dense --select radix --torch-peer $STEPS ;;
     wrn50sort) run "wrn50_2 sort" 70 120 $BENCH --model wrn50_2 --batch $B_BIG \
               --precision $PREC --modes biprop --select sort $STEPS ;;
+    # The batched default (radix_many) for the two ImageNet models.
+    wrn34b) if [ $DRY = 1 ]; then M=resnet20_cifar; B=$B_SMALL; else M=wrn34_2_binact; B=$B_BIG; fi
+            run "$M batched" 90 170 $BENCH --model $M --batch $B --precision $PREC \
+              --modes biprop,dense --select radix --mask-impl batched \
+              --mask-method radix_many $STEPS ;;
+    wrn50rm) run "wrn50_2 batched radix_many" 90 170 $BENCH --model wrn50_2 --batch $B_BIG \
+              --precision $PREC --modes biprop --select radix --mask-impl batched \
+              --mask-method radix_many $STEPS ;;
+    # Where the time goes (benchmarks/profile_step.py): conv4 and resnet18_cifar with the
+    # batched default, conv4 dense for comparison; tables appended to $OUT/profile.md.
+    prof)   for spec in "conv4 biprop" "conv4 dense" "resnet18_cifar biprop"; do
+              set -- $spec
+              run "profile $1 $2" 25 90 $PY benchmarks/profile_step.py --model $1 --mode $2 \
+                --batch $B_SMALL --precision $PREC --mask-impl batched \
+                --mask-method radix_many --steps $PROF_STEPS --top 12 \
+                --markdown "$OUT/profile.md" --json "$OUT/profile.jsonl"
+            done ;;
     *) say "unknown group $g" ;;
   esac
 done
