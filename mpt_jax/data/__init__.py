@@ -11,7 +11,8 @@ Sources (all feed the same in-memory, on-device pipeline except ImageNet):
                 (input_pipeline="tfds", or "auto" without an image-folder data_dir).
   mnist         as cifar10 (tfds, or an image folder of grayscale images).
   image_folder  any image-folder tree / archive (data_dir).
-  imagenet2012  tf.data through tfds, manual download dir = data_dir (imagenet.py).
+  imagenet2012  tf.data through tfds; data_dir = the tfds data dir, the ILSVRC2012 tars in it or
+                in its downloads/manual (imagenet.py).
 Eval split: the real test split when the source has one; otherwise the last holdout_per_class
 images of every class of the training split (eval_split_name says which).
 Decoded image folders are cached as .npz under config.cache_dir (default ~/.cache/mpt_jax; ""

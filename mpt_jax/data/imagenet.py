@@ -8,11 +8,16 @@ normalisation to float32 happens on the device (4x fewer bytes to transfer).
 
 Train: RandomResizedCrop 224 (scale (0.08, 1), ratio (3/4, 4/3), bilinear) + horizontal flip.
 Eval:  resize the shorter side to 256 + centre crop 224. Mean/std (0.485, 0.456, 0.406) /
-(0.229, 0.224, 0.225). config.data_dir is the manual download dir holding ILSVRC2012_img_*.tar.
+(0.229, 0.224, 0.225).
+config.data_dir is the tfds data dir (prepared TFRecords in data_dir/imagenet2012/<version>;
+"" = tfds' default, ~/tensorflow_datasets or $TFDS_DATA_DIR). The first run prepares them from
+the manual download ILSVRC2012_img_train.tar + ILSVRC2012_img_val.tar, looked for in data_dir
+itself, else in tfds' default manual dir data_dir/downloads/manual.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import numpy as np
@@ -20,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mpt_jax.data import augment as aug
 from mpt_jax.data import sources
-from mpt_jax.data.errors import DataError
+from mpt_jax.data.errors import DataError, DataNotFoundError
 from mpt_jax.data.in_memory import DATA_AXIS, check_batch_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,6 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SIZE = 224
 RESIZE_SIZE = 256
 SHUFFLE_BUFFER = 16 * 1024
+MANUAL_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
 def import_tf():
@@ -37,8 +43,55 @@ def import_tf():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise DataError(f"tensorflow is not installed ({e}); {sources.TFDS_INSTALL_HINT}") from None
-  tf.config.set_visible_devices([], "GPU")
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF's runtime already started (a second dataset in this process)
+    pass
   return tf, tfds
+
+
+def resolve_dirs(data_dir):
+  """(tfds data dir, manual dir) for config.data_dir (see the module docstring); None = tfds'
+  default. "~" is expanded: tfds would otherwise create a directory literally named "~"."""
+  if not data_dir:
+    return None, None
+  data_dir = os.path.expanduser(data_dir)
+  has_tars = any(os.path.isfile(os.path.join(data_dir, tar)) for tar in MANUAL_TARS)
+  return data_dir, (data_dir if has_tars else None)
+
+
+def prepare_builder(tfds, data_dir):
+  """The imagenet2012 builder, its TFRecords prepared (a no-op once they exist).
+
+  A missing manual download becomes one DataNotFoundError line naming both places looked in
+  (tfds raises a multi-line AssertionError)."""
+  data_dir, manual_dir = resolve_dirs(data_dir)
+  builder = tfds.builder("imagenet2012", data_dir=data_dir)
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except AssertionError as e:
+    if "anual dir" not in str(e):
+      raise
+    # tfds' default manual dir: <data dir root>/downloads/manual (builder.data_dir is
+    # <root>/imagenet2012/<version>; the root may come from $TFDS_DATA_DIR).
+    root = os.path.dirname(os.path.dirname(os.fspath(builder.data_dir)))
+    looked_in = manual_dir or os.path.join(root, "downloads", "manual")
+    raise DataNotFoundError(
+        f"imagenet2012: no prepared copy in {builder.data_dir} and no manual download in "
+        f"{looked_in}; download {' and '.join(MANUAL_TARS)} from https://image-net.org (needs "
+        f"registration) into that directory or into --config.data_dir, then rerun (the first "
+        f"run converts them to TFRecords)") from None
+  return builder
+
+
+def num_examples(builder, split):
+  """The size of a prepared split (from the dataset's metadata)."""
+  try:
+    return builder.info.splits[split].num_examples
+  except KeyError:
+    raise DataError(f"imagenet2012 in {builder.data_dir} has no {split!r} split metadata; "
+                    f"delete that directory and rerun to prepare it again") from None
 
 
 def _to_uint8(tf, image):
@@ -95,16 +148,12 @@ class ImageNetDataset:
         raise ValueError(f"{field}={value} is not divisible by the {processes} processes")
     self.seed = int(config.get("seed", 0))
     self.augment = bool(config.get("augment", True))
-    manual_dir = config.get("data_dir", "") or None
-    self._builder = tfds.builder("imagenet2012")
-    # Idempotent: prepares the TFRecords once from the manually downloaded tars.
-    self._builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    self._builder = prepare_builder(tfds, config.get("data_dir", "") or None)
     info = self._builder.info
     self.class_names = tuple(info.features["label"].names)
     self.num_classes = len(self.class_names)
-    self.num_train = info.splits["train"].num_examples
-    self.num_eval = info.splits["validation"].num_examples
+    self.num_train = num_examples(self._builder, "train")
+    self.num_eval = num_examples(self._builder, "validation")
     self.eval_split_name = f"validation ({self.num_eval:,} images)"
     self.steps_per_epoch = self.num_train // self.batch_size
     self.local_batch = self.batch_size // processes

@@ -6,11 +6,12 @@ this type, so the digits, tfds and image-folder sources are interchangeable.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 import numpy as np
 
-from mpt_jax.data.errors import DataError
+from mpt_jax.data.errors import DataError, DataNotFoundError
 
 # SPEC 6.5: CIFAR-10 normalisation constants of the reference.
 CIFAR10_MEAN = (0.491, 0.482, 0.447)
@@ -131,6 +132,37 @@ def import_tfds():
   return tfds
 
 
+# Examples per tf.data batch when reading a whole split into host memory (see _read_split).
+_READ_BATCH = 10_000
+
+
+def _read_split(tfds, builder, split):
+  """All (images, labels) of a split as numpy arrays.
+
+  Reads fixed-size batches and concatenates them instead of `batch_size=-1`: that asks the
+  split metadata for the example count and, where it is missing (a mocked or partly written
+  dataset), TensorFlow aborts the whole process (std::length_error) instead of raising.
+  """
+  images, labels = [], []
+  for batch in tfds.as_numpy(builder.as_dataset(split=split, batch_size=_READ_BATCH)):
+    images.append(np.asarray(batch["image"], np.uint8))
+    labels.append(np.asarray(batch["label"], np.int32))
+  if not labels:
+    raise DataError(f"{builder.name}: the tfds split {split!r} in {builder.data_dir} is empty; "
+                    f"delete that directory so tensorflow-datasets prepares it again")
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def download_failed(name: str, data_dir, error: Exception) -> DataError:
+  """The one-line error for a tfds dataset that is neither prepared nor downloadable."""
+  first_line = (str(error).strip().splitlines() or [""])[0][:300]
+  return DataNotFoundError(
+      f"{name}: tensorflow-datasets found no prepared copy in {data_dir} and could not download "
+      f"it ({type(error).__name__}: {first_line}); without network, copy a prepared tfds "
+      f"{name} directory into --config.data_dir, or set --config.data_dir to an image-folder "
+      f"tree or .tar(.gz) archive (e.g. ../shared/data/cifar10_train_jpeg.tar.gz)")
+
+
 def load_tfds_arrays(name: str, data_dir: Optional[str] = None,
                      holdout_per_class: int = 0) -> ArraySource:
   """CIFAR-10 or MNIST as numpy arrays through tensorflow-datasets (train + test splits).
@@ -141,13 +173,12 @@ def load_tfds_arrays(name: str, data_dir: Optional[str] = None,
   if name not in ("cifar10", "mnist"):
     raise DataError(f"load_tfds_arrays supports cifar10 and mnist, not {name!r}")
   tfds = import_tfds()
-  builder = tfds.builder(name, data_dir=data_dir or None)
-  builder.download_and_prepare()
-  splits = {}
-  for split in ("train", "test"):
-    ds = builder.as_dataset(split=split, batch_size=-1)
-    arrays = tfds.as_numpy(ds)
-    splits[split] = (np.asarray(arrays["image"], np.uint8), np.asarray(arrays["label"], np.int32))
+  builder = tfds.builder(name, data_dir=os.path.expanduser(data_dir) if data_dir else None)
+  try:
+    builder.download_and_prepare()  # a no-op when the prepared copy exists
+  except Exception as e:  # pylint: disable=broad-except  (offline: requests.ConnectionError, ...)
+    raise download_failed(name, builder.data_dir, e) from e
+  splits = {split: _read_split(tfds, builder, split) for split in ("train", "test")}
   class_names = tuple(builder.info.features["label"].names)
   (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
   eval_name = f"test ({len(test_y):,} images)"
