@@ -19,7 +19,9 @@ a fusion: of every op fused into it), i.e. from the JAX name stack:
   custom calls and Triton GEMM fusions on a GPU),
 * ``batchnorm``, ``optimizer`` (the ``optimizer`` scope of train_step: optax update, the
   finite check and the select that keeps the old state on NaN), ``metrics``, ``other``
-  (activations, pooling, loss, copies).
+  (activations, pooling, loss), ``unattributed`` (instructions XLA created without a JAX
+  name stack: copies, layout changes, cumsums expanded into reduce-windows; compare their
+  count between biprop and dense to see how many belong to the mask).
 
 Printed: per category the device milliseconds per step, its share of the busy device time
 and the number of kernels (events) per step; then the top instructions; then the step's
@@ -45,7 +47,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 CATEGORIES = ("mask search", "kernel build", "score grad", "conv/matmul", "batchnorm",
-              "optimizer", "metrics", "other")
+              "optimizer", "metrics", "other", "unattributed")
 
 # ---------------------------------------------------------------------------
 # HLO text -> op_names of every instruction (fusions: of their fused computations)
@@ -131,6 +133,10 @@ def categorize(op_names: list[str], opcodes=()) -> str:
         return "metrics"
     if re.search(r"BatchNorm|/bn\w*[/.]|batch_norm", joined):
         return "batchnorm"
+    if not any("/" in n for n in op_names):
+        # No JAX name stack: an op XLA created (copies, layout changes, the expansion of a
+        # cumsum into reduce-windows, ...) whose origin the metadata does not say.
+        return "unattributed"
     return "other"
 
 

@@ -40,6 +40,8 @@ ENTRY %main.10 (a: f32[8], b: f32[8]) -> f32[8] {
   %loop_multiply_fusion = f32[8]{0} fusion(%a, %b), kind=kLoop, calls=%fused_computation.3
   %while.4 = (s32[], f32[8]{0}) while(%t), condition=%cond.8, body=%body.7
   %gemm.5 = f32[8]{0} custom-call(%a, %b), custom_call_target="__cublas$lt$matmul", backend_config={}
+  %rw.11 = f32[8]{0} reduce-window(%a, %b), metadata={op_name="reduce_window_sum"}
+  %max.12 = f32[8]{0} maximum(%a, %b), metadata={op_name="jit(train_step)/jvp(Net)/relu/max"}
   ROOT %add.6 = f32[8]{0} add(%a, %b), metadata={op_name="jit(train_step)/optimizer/add"}
 }
 """
@@ -58,6 +60,11 @@ def test_parse_hlo_follows_fusions_loops_and_custom_calls():
     assert profile_step.categorize(gemm["op_names"], gemm["opcodes"]) == "conv/matmul"
     assert profile_step.categorize(hlo["add.6"]["op_names"], hlo["add.6"]["opcodes"]) == \
         "optimizer"
+    # no name stack (an op XLA made, e.g. a cumsum's expansion) vs the model's own ops
+    assert profile_step.categorize(hlo["rw.11"]["op_names"], hlo["rw.11"]["opcodes"]) == \
+        "unattributed"
+    assert profile_step.categorize(hlo["max.12"]["op_names"], hlo["max.12"]["opcodes"]) == \
+        "other"
 
 
 def test_device_time_prefers_gpu_stream_events_and_ignores_host_events():
