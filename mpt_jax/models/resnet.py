@@ -35,24 +35,34 @@ class _ResNetBase(ScoreNet):
         x = self.conv(features, 1, strides, name=f"{prefix}_shortcut_conv")(x)
         return self.norm(train, name=f"{prefix}_shortcut_bn")(x)
 
-    def basic_block(self, x, features: int, strides: int, train: bool, prefix: str):
-        """act(BN(C3(BN-act(C3(x, s)))) + shortcut(x)) (SPEC 5.4 / 5.6 BasicBlock, v1)."""
+    def basic_branch(self, x, features: int, strides: int, train: bool, prefix: str):
+        """C3(act(BN1(C3(x, s)))): a BasicBlock's residual branch up to its second conv
+        (BN2 is placed by the block: before the add in v1, after it in v2)."""
         y = self.conv(features, 3, strides, name=f"{prefix}_conv1")(x)
         y = self.act(self.norm(train, name=f"{prefix}_bn1")(y))
-        y = self.conv(features, 3, 1, name=f"{prefix}_conv2")(y)
+        return self.conv(features, 3, 1, name=f"{prefix}_conv2")(y)
+
+    def basic_block(self, x, features: int, strides: int, train: bool, prefix: str):
+        """act(BN(C3(BN-act(C3(x, s)))) + shortcut(x)) (SPEC 5.4 / 5.6 BasicBlock, v1)."""
+        y = self.basic_branch(x, features, strides, train, prefix)
         y = self.norm(train, name=f"{prefix}_bn2")(y)
         return self.act(y + self._shortcut(x, features, strides, train, prefix))
 
-    def bottleneck_block(self, x, planes: int, strides: int, train: bool, prefix: str,
-                         base_width: int = 64):
-        """torchvision v1.5 Bottleneck: C1(->u) C3(u->u, s) C1(u->4 planes), u = planes*base_width/64."""
+    def bottleneck_branch(self, x, planes: int, strides: int, train: bool, prefix: str,
+                          base_width: int = 64):
+        """BN3(C1(act(BN2(C3(act(BN1(C1(x))), s))))): a Bottleneck's residual branch."""
         width = planes * base_width // 64
         y = self.conv(width, 1, 1, name=f"{prefix}_conv1")(x)
         y = self.act(self.norm(train, name=f"{prefix}_bn1")(y))
         y = self.conv(width, 3, strides, name=f"{prefix}_conv2")(y)  # stride on the 3x3 (v1.5)
         y = self.act(self.norm(train, name=f"{prefix}_bn2")(y))
         y = self.conv(4 * planes, 1, 1, name=f"{prefix}_conv3")(y)
-        y = self.norm(train, name=f"{prefix}_bn3")(y)
+        return self.norm(train, name=f"{prefix}_bn3")(y)
+
+    def bottleneck_block(self, x, planes: int, strides: int, train: bool, prefix: str,
+                         base_width: int = 64):
+        """torchvision v1.5 Bottleneck: C1(->u) C3(u->u, s) C1(u->4 planes), u = planes*base_width/64."""
+        y = self.bottleneck_branch(x, planes, strides, train, prefix, base_width)
         return self.act(y + self._shortcut(x, 4 * planes, strides, train, prefix))
 
     def head(self, x):

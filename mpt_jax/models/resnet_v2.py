@@ -75,9 +75,7 @@ from mpt_jax.models.resnet import CifarResNet, ImageNetResNet, WideResNet34
 
 def _basic_block_v2(self, x, features: int, strides: int, train: bool, prefix: str):
     """act(BN2(C3(act(BN1(C3(x, s)))) + sc(x))) (SPEC 5.4 / 5.7 / 5.8 v2 BasicBlock)."""
-    y = self.conv(features, 3, strides, name=f"{prefix}_conv1")(x)
-    y = self.act(self.norm(train, name=f"{prefix}_bn1")(y))
-    y = self.conv(features, 3, 1, name=f"{prefix}_conv2")(y)
+    y = self.basic_branch(x, features, strides, train, prefix)
     bn2 = self.norm(train, name=f"{prefix}_bn2")
     if getattr(self, "bn2_twice", False):
         y = bn2(y)  # resnet_v2.py: the same module before and after the add (module docstring)
@@ -95,13 +93,7 @@ def _bottleneck_block_v2(self, x, planes: int, strides: int, train: bool, prefix
         raise ValueError("bn2_twice=True is defined for BasicBlocks only (the reference's "
                          "v2 Bottleneck applies a u-channel BN to the 4*planes sum, a shape "
                          "error); use bn2_twice=False with bottleneck models")
-    width = planes * base_width // 64
-    y = self.conv(width, 1, 1, name=f"{prefix}_conv1")(x)
-    y = self.act(self.norm(train, name=f"{prefix}_bn1")(y))
-    y = self.conv(width, 3, strides, name=f"{prefix}_conv2")(y)  # stride on the 3x3 (v1.5)
-    y = self.act(self.norm(train, name=f"{prefix}_bn2")(y))
-    y = self.conv(4 * planes, 1, 1, name=f"{prefix}_conv3")(y)
-    y = self.norm(train, name=f"{prefix}_bn3")(y)
+    y = self.bottleneck_branch(x, planes, strides, train, prefix, base_width)
     y = y + self._shortcut(x, 4 * planes, strides, train, prefix)
     return self.act(self.norm(train, name=f"{prefix}_bn4")(y))
 
