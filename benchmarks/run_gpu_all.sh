@@ -6,9 +6,15 @@
 #   run(command="bash benchmarks/run_gpu_all.sh", carry=[".whl", ".gpu_data"], timeout_s=590)
 #   bash benchmarks/run_gpu_all.sh --dry-run      # this machine's CPU: tests the script
 #
-# Environment: TOTAL_S (default 560) for everything; E2E=0 skips the end-to-end run;
-# E2E_TIMEOUT (default 230) bounds it; BENCH_GROUPS (default "prof wrn34b wrn50rm conv4b
-# r18b": what issue 6 still owes after session 1, see benchmarks/RESULTS.md); OUT.
+# Environment: TOTAL_S (default 560) for everything; E2E=0 skips the end-to-end runs;
+# E2E_RUNS (default "default"): space-separated end-to-end runs, each TAG or
+# TAG:--config.a=1,--config.b=2 (overrides, comma-separated), e.g. the ResNet-18 accuracy
+# checks of benchmarks/RESULTS.md in a call of their own:
+#   E2E_RUNS="dense:--config.mode=dense fp32:--config.precision=float32 seed1:--config.seed=1" BENCH_GROUPS=none
+# (each run's files in $OUT/e2e_<TAG>/ except "default", which writes to $OUT);
+# E2E_TIMEOUT (default 230) bounds each; BENCH_GROUPS (default "prof wrn34b wrn50rm conv4b
+# r18b": what issue 6 still owes after session 1, see benchmarks/RESULTS.md; "none" = no
+# table); OUT.
 set -u
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -17,14 +23,26 @@ DRY=()
 TOTAL_S=${TOTAL_S:-560}
 export OUT=${OUT:-$PWD/bench_out}
 mkdir -p "$OUT"
+SUMMARIES=()
 if [ "${E2E:-1}" = 1 ]; then
-  E2E_TIMEOUT=${E2E_TIMEOUT:-230} bash benchmarks/run_gpu_e2e.sh "${DRY[@]}" \
-    --config.checkpoint_every_epochs=25
-  echo "=== end-to-end exit status $? after $(( $(date +%s) - START ))s"
+  for spec in ${E2E_RUNS:-default}; do
+    tag=${spec%%:*}
+    overrides=()
+    [ "$spec" != "$tag" ] && IFS=',' read -r -a overrides <<< "${spec#*:}"
+    out=$OUT; [ "$tag" != default ] && out=$OUT/e2e_$tag
+    mkdir -p "$out"
+    OUT=$out WORKDIR=/tmp/mpt_e2e_$tag E2E_TIMEOUT=${E2E_TIMEOUT:-230} \
+      bash benchmarks/run_gpu_e2e.sh "${DRY[@]}" --config.checkpoint_every_epochs=25 \
+      "${overrides[@]}"
+    echo "=== end-to-end $tag exit status $? after $(( $(date +%s) - START ))s"
+    SUMMARIES+=("$out/e2e_summary.md")
+  done
 fi
 LEFT=$(( TOTAL_S - ($(date +%s) - START) ))
-BUDGET_S=$LEFT BENCH_GROUPS=${BENCH_GROUPS:-"prof wrn34b wrn50rm conv4b r18b"} \
-  bash benchmarks/run_gpu.sh "${DRY[@]}"
+GROUPS_=${BENCH_GROUPS:-"prof wrn34b wrn50rm conv4b r18b"}
+if [ "$GROUPS_" != none ]; then
+  BUDGET_S=$LEFT BENCH_GROUPS=$GROUPS_ bash benchmarks/run_gpu.sh "${DRY[@]}"
+fi
 echo "=== all done after $(( $(date +%s) - START ))s"
-[ -f "$OUT/e2e_summary.md" ] && cat "$OUT/e2e_summary.md"
+for f in "${SUMMARIES[@]}"; do [ -f "$f" ] && cat "$f"; done
 exit 0
