@@ -12,11 +12,11 @@ Public API (PREAMBLE "Train" contract):
 
 The loop (SPEC 6.1, 6.6): per epoch, set the global-pruning keep fraction k_t (as its exact
 kept count, an array in the state: no recompilation), train (lr from the optax schedule),
-evaluate every eval example once (top-1 / top-5), track the best top-1, checkpoint,
-optionally stop if not learning. Rerunning with the same workdir resumes from the last checkpoint at the same epoch and step
-(data order is a pure function of (seed, epoch)); SIGTERM / Ctrl-C checkpoint and exit; a
-non-finite step stops the run without saving it; ``checkpoint_every_steps`` adds mid-epoch
-saves (issue 4; see checkpoint.py for crash safety).
+evaluate every eval example once (top-1 / top-5), track the best top-1, checkpoint, optionally
+stop if not learning. Rerunning with the same workdir resumes from the last checkpoint at the
+same epoch and step (data order is a pure function of (seed, epoch)); SIGTERM / Ctrl-C
+checkpoint and exit; a non-finite step stops the run without saving it;
+``checkpoint_every_steps`` adds mid-epoch saves (issue 4; see checkpoint.py for crash safety).
 """
 from __future__ import annotations
 
