@@ -19,3 +19,12 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", old)
+
+
+@pytest.fixture(scope="module")
+def mesh8():
+    """A 1-D "data" mesh over the 8 simulated CPU devices (the data pipeline tests)."""
+    import jax  # noqa: PLC0415
+
+    assert jax.device_count() == 8, "the XLA flag above should provide 8 CPU devices"
+    return jax.make_mesh((8,), ("data",))

@@ -22,12 +22,6 @@ CIFAR_MEAN = np.array([0.491, 0.482, 0.447])  # SPEC 6.5
 CIFAR_STD = np.array([0.247, 0.243, 0.262])
 
 
-@pytest.fixture(scope="module")
-def mesh8():
-  assert jax.device_count() == 8, "tests/conftest.py should provide 8 CPU devices"
-  return jax.make_mesh((8,), ("data",))
-
-
 def make_config(**kw):
   base = dict(dataset="digits", data_dir="", input_pipeline="auto", holdout_per_class=0,
               cache_dir="", augment=True, batch_size=64, eval_batch_size=64, seed=0)

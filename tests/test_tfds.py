@@ -48,12 +48,6 @@ N_IMAGENET = 20
 JPEG_TOL = 3.0  # uint8 levels: JPEG (q=95, 4:4:4) + the pipeline's uint8 rounding
 
 
-@pytest.fixture(scope="module")
-def mesh8():
-  assert jax.device_count() == 8, "tests/conftest.py should provide 8 CPU devices"
-  return jax.make_mesh((8,), ("data",))
-
-
 def make_config(**kw):
   base = dict(dataset="cifar10", data_dir="", input_pipeline="tfds", holdout_per_class=500,
               cache_dir="", augment=True, batch_size=16, eval_batch_size=16, seed=0)
