@@ -11,11 +11,13 @@
 #              skipped and said so, every group also has its own `timeout`.
 #   BENCH_GROUPS which groups, in order (default "r18b conv4b wrn50b r18 select conv4 wrn34
 #              wrn50sort"; also: wrn34b / wrn50rm (batched radix_many for wrn34_2_binact /
-#              wrn50_2), prof (benchmarks/profile_step.py tables in $OUT/profile.md);
-#              r18b/conv4b/wrn50b: the batched mask path, train.py
-#              mask_impl=batched, mpt_jax.masks; MASK_METHODS picks its methods for r18b and
-#              conv4b, default "compare,compare_bcast,radix_many"; WRN50_METHOD for wrn50b,
-#              default "compare")
+#              wrn50_2; wrn50rm with dense and the peer), prof (benchmarks/profile_step.py
+#              tables in $OUT/profile.md), conv4x (conv4 mask experiments: compare with
+#              4- and 6-bit digits, and radix_many without XLA's command buffers);
+#              r18b/conv4b/wrn50b: the batched mask path (train.py mask_impl=batched,
+#              mpt_jax.masks), r18b and conv4b with dense and the peer; MASK_METHODS picks
+#              their methods, default "radix_many" (the GPU default); WRN50_METHOD for
+#              wrn50b, default "compare")
 #   OUT        results folder (default ./bench_out); PEER  torch_peer.py (default
 #              .gpu_data/torch_peer.py, else ../shared/bench/torch_peer.py); PYTHON (python3)
 # Results come out as they are measured (PYTHONUNBUFFERED); rows.jsonl grows row by row.
@@ -102,7 +104,7 @@ run() {
   [ $rc = 0 ] || { say "=== $name exited with status $rc"; meta "status $name" "exit $rc"; }
 }
 
-MASK_METHODS=${MASK_METHODS:-compare,compare_bcast,radix_many}
+MASK_METHODS=${MASK_METHODS:-radix_many}
 WRN50_METHOD=${WRN50_METHOD:-compare}
 for g in $BENCH_GROUPS; do
   case $g in
@@ -110,10 +112,20 @@ for g in $BENCH_GROUPS; do
     # methods (the per-layer rows come in the r18 / conv4 groups if the budget allows).
     r18b)   run "resnet18_cifar batched" 60 150 $BENCH --model resnet18_cifar --batch $B_SMALL \
               --precision $PREC --modes biprop,dense --select radix --mask-impl batched \
-              --mask-method $MASK_METHODS $STEPS ;;
+              --mask-method $MASK_METHODS --torch-peer $STEPS ;;
     conv4b) run "conv4 batched" 30 80 $BENCH --model conv4 --batch $B_SMALL --precision $PREC \
               --modes biprop,dense --select radix --mask-impl batched \
-              --mask-method $MASK_METHODS $STEPS ;;
+              --mask-method $MASK_METHODS --torch-peer $STEPS ;;
+    # conv4 experiments on its mask-search gap: 6-bit compare digits (fewer passes, so
+    # fewer kernels), and XLA's command buffers (CUDA graphs) switched off, to see whether
+    # they already hide the launch gaps (rows tagged with their XLA_FLAGS).
+    conv4x) run "conv4 compare digits" 25 60 $BENCH --model conv4 --batch $B_SMALL \
+              --precision $PREC --modes biprop --select radix --mask-impl batched \
+              --mask-method compare,compare6 $STEPS
+            XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=" \
+              run "conv4 without command buffers" 25 60 $BENCH --model conv4 \
+              --batch $B_SMALL --precision $PREC --modes biprop,dense --select radix \
+              --mask-impl batched --mask-method radix_many $STEPS ;;
     wrn50b) run "wrn50_2 batched" 110 200 $BENCH --model wrn50_2 --batch $B_BIG --precision $PREC \
               --modes biprop,dense --select radix --mask-impl batched \
               --mask-method $WRN50_METHOD --torch-peer $STEPS ;;
@@ -138,9 +150,9 @@ for g in $BENCH_GROUPS; do
             run "$M batched" 90 170 $BENCH --model $M --batch $B --precision $PREC \
               --modes biprop,dense --select radix --mask-impl batched \
               --mask-method radix_many $STEPS ;;
-    wrn50rm) run "wrn50_2 batched radix_many" 90 170 $BENCH --model wrn50_2 --batch $B_BIG \
-              --precision $PREC --modes biprop --select radix --mask-impl batched \
-              --mask-method radix_many $STEPS ;;
+    wrn50rm) run "wrn50_2 batched radix_many" 100 200 $BENCH --model wrn50_2 --batch $B_BIG \
+              --precision $PREC --modes biprop,dense --select radix --mask-impl batched \
+              --mask-method radix_many --torch-peer $STEPS ;;
     # Where the time goes (benchmarks/profile_step.py): conv4 and resnet18_cifar with the
     # batched default, conv4 dense for comparison; tables appended to $OUT/profile.md.
     prof)   for spec in "conv4 biprop" "conv4 dense" "resnet18_cifar biprop"; do

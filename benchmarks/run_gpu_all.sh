@@ -12,9 +12,9 @@
 # checks of benchmarks/RESULTS.md in a call of their own:
 #   E2E_RUNS="dense:--config.mode=dense fp32:--config.precision=float32 seed1:--config.seed=1" BENCH_GROUPS=none
 # (each run's files in $OUT/e2e_<TAG>/ except "default", which writes to $OUT);
-# E2E_TIMEOUT (default 230) bounds each; BENCH_GROUPS (default "prof wrn34b wrn50rm conv4b
-# r18b": what issue 6 still owes after session 1, see benchmarks/RESULTS.md; "none" = no
-# table); OUT.
+# E2E_TIMEOUT (default 230) bounds each; BENCH_GROUPS (default "prof conv4b r18b wrn34b
+# wrn50rm conv4x": the profile, then the whole issue-6 table with the GPU default mask path,
+# dense and the peer in one call, then the conv4 experiments; "none" = no table); OUT.
 set -u
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -39,7 +39,7 @@ if [ "${E2E:-1}" = 1 ]; then
   done
 fi
 LEFT=$(( TOTAL_S - ($(date +%s) - START) ))
-GROUPS_=${BENCH_GROUPS:-"prof wrn34b wrn50rm conv4b r18b"}
+GROUPS_=${BENCH_GROUPS:-"prof conv4b r18b wrn34b wrn50rm conv4x"}
 if [ "$GROUPS_" != none ]; then
   BUDGET_S=$LEFT BENCH_GROUPS=$GROUPS_ bash benchmarks/run_gpu.sh "${DRY[@]}"
 fi

@@ -172,6 +172,12 @@ def _select_label(config, select_name: str) -> str:
     return select_name
 
 
+def xla_flags() -> str:
+    """$XLA_FLAGS of this run ('' if unset): rows measured under different compiler flags
+    are told apart in the table and compared only with the dense row of the same flags."""
+    return os.environ.get("XLA_FLAGS", "").strip()
+
+
 def _gib(nbytes) -> float | None:
     return None if nbytes is None else round(nbytes / 2 ** 30, 3)
 
@@ -222,7 +228,8 @@ def measure(config, mesh, select_name: str, warmup: int, steps: int, repeats: in
                 compile_s=round(compile_s, 1), setup_s=round(t1 - t0, 1),
                 loss_after_warmup=round(loss, 4), finite=bool(np.isfinite(loss)),
                 device=jax.devices()[0].device_kind, backend=jax.default_backend(),
-                jax=jax.__version__, num_devices=len(mesh.devices.reshape(-1)))
+                jax=jax.__version__, num_devices=len(mesh.devices.reshape(-1)),
+                **({"xla_flags": xla_flags()} if xla_flags() else {}))
 
 
 # ---------------------------------------------------------------------------
@@ -263,14 +270,16 @@ COLUMNS = [("model", "model"), ("mode", "mode"), ("batch", "batch"), ("precision
            ("spread", "spread"), ("vs_dense", "vs dense"), ("mask_pct", "mask %"),
            ("peer_images_per_s", "peer images/s"), ("vs_peer", "ours/peer"),
            ("step_mem_gib", "step mem GiB"), ("peak_gib", "peak GiB"),
-           ("compile_s", "compile s")]
+           ("compile_s", "compile s"), ("xla_flags", "XLA_FLAGS")]
 
 
 def add_ratios(rows: list[dict]) -> None:
-    dense = {(r["model"], r["batch"], r["precision"]): r for r in rows
-             if r.get("mode") == "dense" and "images_per_s" in r}
+    def key(r):
+        return r.get("model"), r.get("batch"), r.get("precision"), r.get("xla_flags", "")
+
+    dense = {key(r): r for r in rows if r.get("mode") == "dense" and "images_per_s" in r}
     for r in rows:
-        d = dense.get((r.get("model"), r.get("batch"), r.get("precision")))
+        d = dense.get(key(r))
         if d is not None and r.get("mode") != "dense" and "images_per_s" in r:
             r["vs_dense"] = round(r["images_per_s"] / d["images_per_s"], 3)
             r["mask_pct"] = round(100.0 * (1.0 - d["ms_per_step"] / r["ms_per_step"]), 1)
