@@ -44,5 +44,12 @@ if [ "$GROUPS_" != none ]; then
   BUDGET_S=$LEFT BENCH_GROUPS=$GROUPS_ bash benchmarks/run_gpu.sh "${DRY[@]}"
 fi
 echo "=== all done after $(( $(date +%s) - START ))s"
-for f in "${SUMMARIES[@]}"; do [ -f "$f" ] && cat "$f"; done
+# At most 8 files come back from the GPU machine: each run's result.json goes into its
+# summary (as a fenced block) instead of a file of its own.
+for f in "${SUMMARIES[@]}"; do
+  r=$(dirname "$f")/e2e_result.json
+  [ -f "$r" ] && [ -f "$f" ] && { printf '\n```json\n'; cat "$r"; printf '\n```\n'; } >> "$f" \
+    && rm -f "$r"
+  [ -f "$f" ] && cat "$f"
+done
 exit 0
