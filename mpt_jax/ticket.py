@@ -434,13 +434,18 @@ def _check_regenerated(layers_: Sequence[LayerTicket], frozen, hashes: Mapping[s
 def make_ticket(model_name: str, model_opts: Mapping[str, Any], variables: Mapping[str, Any],
                 image_shape: Sequence[int], *, mode: str = "signs", init_key=None,
                 metrics: Mapping[str, Any] | None = None, bn_dtype: str = "float32",
-                extra: Mapping[str, Any] | None = None) -> Ticket:
+                extra: Mapping[str, Any] | None = None, exact: bool = True) -> Ticket:
     """Freezes the ticket of a biprop model's variables (``params``, ``frozen``, ``batch_stats``).
 
     ``model_opts``: the ``get_model`` options the run used (must include keep_fraction and
     mode="biprop"). mode="seed" needs ``init_key``: the key the run passed to
     ``model.init({'params': key}, ...)``; the regeneration is verified here (the kept sign
     bits must match the given weights), so a wrong key fails now, not at load time.
+
+    ``exact=False`` (the end-of-run summary only: sizes and counts, never for export) skips
+    the two compiled checks: alpha stays layer_tickets' float32 value instead of the
+    training-time model's (may differ by an ulp), and seed mode does not regenerate the
+    weights to verify the key. The same layers, masks and byte sizes; no XLA compilation.
     """
     if mode not in MODES:
         raise TicketError(f"unknown ticket mode {mode!r}; valid modes: {', '.join(MODES)}")
@@ -464,8 +469,8 @@ def make_ticket(model_name: str, model_opts: Mapping[str, Any], variables: Mappi
         tau = ops.global_threshold([flat_p[p + ("scores",)] for p in order], keep_fraction)
         shapes = _shapes(build_model(model_name, model_opts), image_shape)
         run_vars["pruning"] = jax.tree_util.tree_map(lambda _: tau, shapes["pruning"])
-    kernels = training_kernels(model_name, model_opts, run_vars, image_shape)
-    for lt in lts:
+    kernels = training_kernels(model_name, model_opts, run_vars, image_shape) if exact else {}
+    for lt in (lts if exact else ()):
         kernel = np.asarray(kernels[lt.name])
         if not np.array_equal(kernel != 0, lt.mask):
             raise TicketError(f"layer {lt.name}: the model's kernel and the ticket's mask "
@@ -483,10 +488,10 @@ def make_ticket(model_name: str, model_opts: Mapping[str, Any], variables: Mappi
             raise TicketError("mode='seed' needs the PRNG key the run initialised the model with"
                               " (init_key); or use mode='signs'")
         init = key_info(init_key)
-        frozen = regenerate_frozen(model_name, model_opts, image_shape, init)
-        hashes = {lt.name: _signs_hash(lt) for lt in lts}
+        frozen = regenerate_frozen(model_name, model_opts, image_shape, init) if exact else None
         try:
-            _check_regenerated(lts, frozen, hashes, init)
+            if exact:
+                _check_regenerated(lts, frozen, {lt.name: _signs_hash(lt) for lt in lts}, init)
         except TicketError:
             raise TicketError("the given init key does not regenerate this run's random weights "
                               "(different kept signs); pass the key the run used for model.init,"
@@ -927,8 +932,8 @@ def checkpoint_bytes(workdir: str, which: str = "latest") -> int | None:
 
 
 def ticket_from_run(workdir: str, which: str = "latest", *, mode: str = "seed",
-                    bn_dtype: str = "float32", image_shape=None) -> Ticket:
-    """The ticket of a training run's latest (or best) checkpoint."""
+                    bn_dtype: str = "float32", image_shape=None, exact: bool = True) -> Ticket:
+    """The ticket of a training run's latest (or best) checkpoint (``exact``: make_ticket)."""
     from mpt_jax import checkpoint, config_utils
 
     run = checkpoint.load_for_inference(workdir, which)
@@ -942,7 +947,8 @@ def ticket_from_run(workdir: str, which: str = "latest", *, mode: str = "seed",
                        mode=mode, init_key=run_init_key(config.seed) if mode == "seed" else None,
                        metrics=run["metrics"], bn_dtype=bn_dtype,
                        extra=dict(workdir=os.path.abspath(workdir), which=which,
-                                  seed=int(config.seed), dataset=config.get("dataset")))
+                                  seed=int(config.seed), dataset=config.get("dataset")),
+                       exact=exact)
 
 
 def evaluate_batches(ticket: Ticket, batches: Iterable[Mapping[str, Any]]) -> dict:

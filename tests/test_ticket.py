@@ -251,6 +251,30 @@ def test_summary_numbers(runs):
     assert "TOTAL" in table and "classifier" in table
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_inexact_ticket_has_the_exported_sizes(runs, case, monkeypatch):
+    """exact=False (the end-of-run summary) gives the exported ticket's masks, signs, byte
+    size and summary rows, alpha to float32 rounding, and compiles neither check."""
+    name, opts, shape, key, variables = runs[case]
+    full = T.make_ticket(name, opts, variables, shape, mode="seed", init_key=key)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("exact=False must not run the compiled exactness checks")
+
+    monkeypatch.setattr(T, "training_kernels", refuse)
+    monkeypatch.setattr(T, "regenerate_frozen", refuse)
+    fast = T.make_ticket(name, opts, variables, shape, mode="seed", init_key=key, exact=False)
+    assert [lt.name for lt in fast.layers] == [lt.name for lt in full.layers]
+    for a, b in zip(fast.layers, full.layers):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_array_equal(a.signs[a.mask], b.signs[b.mask])
+        assert float(a.alpha) == pytest.approx(float(b.alpha), rel=1e-6)
+    assert len(T.ticket_bytes(fast)) == len(T.ticket_bytes(full))
+    assert T.summary(fast)["layers"] == T.summary(full)["layers"]
+    with pytest.raises(AssertionError, match="exactness checks"):
+        T.make_ticket(name, opts, variables, shape, mode="seed", init_key=key)
+
+
 def test_relu_model_has_no_binary_macs(runs):
     name, opts, shape, key, variables = runs["mlp_affine"]
     s = T.summary(T.make_ticket(name, opts, variables, shape, mode="signs"))

@@ -177,6 +177,28 @@ def test_nonfinite_step_leaves_state_unchanged():
     chex.assert_trees_all_equal(jax.device_get(state), before)
 
 
+def test_eval_step_compiled_ahead_matches_and_falls_back():
+    """train.CompiledAhead: the eval step compiled in a thread from abstract shapes (taken
+    before the train step donates the state) is the executable used and gives p_eval's
+    numbers; an executable built for other shapes is dropped for the jitted function."""
+    mesh = parallel.make_mesh()
+    config = tiny_config(learn_batchnorm=True)
+    model, tx, state = setup(config, mesh)
+    ds = TinyDataset(mesh)
+    p_train, p_eval = train.make_parallel_steps(config, model, tx, mesh)
+    first = next(ds.eval_batches())
+    ahead = train.CompiledAhead(p_eval, train.abstract(state), train.abstract(first))
+    wrong = train.CompiledAhead(p_eval, train.abstract(state),
+                                train.abstract(jax.tree.map(lambda x: x[:8], first)))
+    for batch in list(ds.train_batches(0))[:2]:
+        state, _ = p_train(state, batch)
+    want = train.evaluate(p_eval, state, ds)
+    assert train.evaluate(ahead, state, ds) == want
+    assert ahead._compiled is not None  # the ahead-of-time executable ran
+    assert train.evaluate(wrong, state, ds) == want
+    assert wrong._compiled is None  # rejected the real batches: the jitted step ran
+
+
 def test_eval_step_counts_each_example_once_with_topk():
     mesh = parallel.make_mesh()
     config = tiny_config()
