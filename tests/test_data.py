@@ -182,20 +182,20 @@ def test_augmentation_matches_float64_reference(mesh8):
                              (src.eval_images / 255.0 - CIFAR_MEAN) / CIFAR_STD, atol=1e-5)
 
 
-def test_eval_batch_shapes_are_the_batches_shapes(mesh8):
-  """eval_batch_shapes() (what train.py compiles the eval step for, ahead of time) equals
-  every eval batch's shape, dtype and sharding, the padded last batch included."""
+def test_batch_shapes_are_the_batches_shapes(mesh8):
+  """eval_batch_shapes() / train_batch_shapes() (what train.py compiles the steps for, ahead
+  of time) equal every batch's shape, dtype and sharding, the padded last eval batch too."""
   src = synthetic_rgb_source()
   ds = data.InMemoryDataset(src, mesh8, batch_size=16, eval_batch_size=24, seed=7)
   assert ds.num_eval % 24  # a padded last batch exists
-  shapes = ds.eval_batch_shapes()
-  batches = list(ds.eval_batches())
-  assert len(batches) == ds.eval_steps
-  for batch in batches:
-    assert sorted(batch) == sorted(shapes)
-    for key, arr in batch.items():
-      assert (arr.shape, arr.dtype) == (shapes[key].shape, shapes[key].dtype), key
-      assert arr.sharding.is_equivalent_to(shapes[key].sharding, arr.ndim), key
+  for shapes, batches in ((ds.eval_batch_shapes(), list(ds.eval_batches())),
+                           (ds.train_batch_shapes(), list(ds.train_batches(1)))):
+    assert len(batches) in (ds.eval_steps, ds.steps_per_epoch)
+    for batch in batches:
+      assert sorted(batch) == sorted(shapes)
+      for key, arr in batch.items():
+        assert (arr.shape, arr.dtype) == (shapes[key].shape, shapes[key].dtype), key
+        assert arr.sharding.is_equivalent_to(shapes[key].sharding, arr.ndim), key
 
 
 def test_batch_not_divisible_by_devices(mesh8):

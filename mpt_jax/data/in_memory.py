@@ -111,6 +111,14 @@ class InMemoryDataset:
     for step in range(start_step, self.steps_per_epoch):
       yield self.train_batch_fn(images, labels, perm, epoch, step)
 
+  def train_batch_shapes(self) -> dict:
+    """ShapeDtypeStructs (with the batch sharding) of every training batch."""
+    images, labels = self._train
+    perm = jax.eval_shape(self._permutation, 0)
+    shapes = jax.eval_shape(self._make_train_batch, images, labels, perm, 0, 0)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                       sharding=self.batch_sharding), shapes)
+
   def eval_batch_shapes(self) -> dict:
     """ShapeDtypeStructs (with the batch sharding) of every eval batch (all have one shape)."""
     shapes = jax.eval_shape(self._make_eval_batch, *self._eval, 0)
