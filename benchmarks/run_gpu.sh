@@ -12,8 +12,10 @@
 #   BENCH_GROUPS which groups, in order (default "r18b conv4b wrn50b r18 select conv4 wrn34
 #              wrn50sort"; also: wrn34b / wrn50rm (batched radix_many for wrn34_2_binact /
 #              wrn50_2; wrn50rm with dense and the peer), prof (benchmarks/profile_step.py
-#              tables in $OUT/profile.md), conv4x (conv4 mask experiments: compare with
-#              4- and 6-bit digits, and radix_many without XLA's command buffers);
+#              tables in $OUT/profile.md; prof34: the same for wrn34_2_binact, biprop and
+#              dense), conv4x (conv4 mask experiments: compare with 4- and 6-bit digits,
+#              and radix_many without XLA's command buffers), copies (conv4 and
+#              resnet18_cifar with MPT_JAX_SELECT_COPIES in $COPIES, default "256 1024");
 #              r18b/conv4b/wrn50b: the batched mask path (train.py mask_impl=batched,
 #              mpt_jax.masks), r18b and conv4b with dense and the peer; MASK_METHODS picks
 #              their methods, default "radix_many" (the GPU default); WRN50_METHOD for
@@ -117,8 +119,9 @@ for g in $BENCH_GROUPS; do
               --modes biprop,dense --select radix --mask-impl batched \
               --mask-method $MASK_METHODS --torch-peer $STEPS ;;
     # conv4 experiments on its mask-search gap: 6-bit compare digits (fewer passes, so
-    # fewer kernels), and XLA's command buffers (CUDA graphs) switched off, to see whether
-    # they already hide the launch gaps (rows tagged with their XLA_FLAGS).
+    # fewer kernels), XLA's command buffers (CUDA graphs) switched off, and more privatised
+    # histogram copies against the hot-bin contention of the first radix pass (session 3's
+    # profile: one 82 us pass of conv4's 208 us search); rows tagged with their settings.
     conv4x) run "conv4 compare digits" 25 60 $BENCH --model conv4 --batch $B_SMALL \
               --precision $PREC --modes biprop --select radix --mask-impl batched \
               --mask-method compare,compare6 $STEPS
@@ -126,6 +129,13 @@ for g in $BENCH_GROUPS; do
               run "conv4 without command buffers" 25 60 $BENCH --model conv4 \
               --batch $B_SMALL --precision $PREC --modes biprop,dense --select radix \
               --mask-impl batched --mask-method radix_many $STEPS ;;
+    copies) for c in ${COPIES:-256 1024}; do
+              for m in conv4 resnet18_cifar; do
+                MPT_JAX_SELECT_COPIES=$c run "$m copies=$c" 25 60 $BENCH --model $m \
+                  --batch $B_SMALL --precision $PREC --modes biprop --select radix \
+                  --mask-impl batched --mask-method radix_many $STEPS
+              done
+            done ;;
     wrn50b) run "wrn50_2 batched" 110 200 $BENCH --model wrn50_2 --batch $B_BIG --precision $PREC \
               --modes biprop,dense --select radix --mask-impl batched \
               --mask-method $WRN50_METHOD --torch-peer $STEPS ;;
@@ -155,6 +165,14 @@ for g in $BENCH_GROUPS; do
               --mask-method radix_many --torch-peer $STEPS ;;
     # Where the time goes (benchmarks/profile_step.py): conv4 and resnet18_cifar with the
     # batched default, conv4 dense for comparison; tables appended to $OUT/profile.md.
+    # wrn34_2_binact's gap (0.917 of dense in session 3) had no profile.
+    prof34) for mode in biprop dense; do
+              if [ $DRY = 1 ]; then M=resnet20_cifar; B=$B_SMALL; else M=wrn34_2_binact; B=$B_BIG; fi
+              run "profile $M $mode" 40 100 $PY benchmarks/profile_step.py --model $M \
+                --mode $mode --batch $B --precision $PREC --mask-impl batched \
+                --mask-method radix_many --steps $PROF_STEPS --top 12 \
+                --markdown "$OUT/profile.md" --json "$OUT/profile.jsonl"
+            done ;;
     prof)   for spec in "conv4 biprop" "conv4 dense" "resnet18_cifar biprop"; do
               set -- $spec
               run "profile $1 $2" 25 90 $PY benchmarks/profile_step.py --model $1 --mode $2 \

@@ -56,7 +56,7 @@ def summarize(out_dir: str, title: str = "") -> str:
               "target | vs dense | target |", "|---|---|---|---|---|"]
     for model, (ips_target, ratio_target) in TARGETS.items():
         cand = [r for r in ok if r["model"] == model and r["mode"] == "biprop"
-                and not r.get("xla_flags")]  # experiments under other flags: table only
+                and not r.get("env")]  # experiments under other settings: table only
         if not cand:
             lines.append(f"| {model} | not measured | {ips_target or 'report'} | - | "
                          f">= {ratio_target} |")

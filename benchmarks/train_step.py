@@ -172,10 +172,13 @@ def _select_label(config, select_name: str) -> str:
     return select_name
 
 
-def xla_flags() -> str:
-    """$XLA_FLAGS of this run ('' if unset): rows measured under different compiler flags
-    are told apart in the table and compared only with the dense row of the same flags."""
-    return os.environ.get("XLA_FLAGS", "").strip()
+def env_tag() -> str:
+    """The speed-relevant environment of this run ('' if none): $XLA_FLAGS and the
+    $MPT_JAX_* knobs (e.g. MPT_JAX_SELECT_COPIES). Rows measured under different settings
+    are told apart in the table and compared only with the dense row of the same settings."""
+    names = ["XLA_FLAGS"] + sorted(k for k in os.environ if k.startswith("MPT_JAX_"))
+    return " ".join(f"{k}={os.environ[k].strip()}" for k in names
+                    if os.environ.get(k, "").strip())
 
 
 def _gib(nbytes) -> float | None:
@@ -229,7 +232,7 @@ def measure(config, mesh, select_name: str, warmup: int, steps: int, repeats: in
                 loss_after_warmup=round(loss, 4), finite=bool(np.isfinite(loss)),
                 device=jax.devices()[0].device_kind, backend=jax.default_backend(),
                 jax=jax.__version__, num_devices=len(mesh.devices.reshape(-1)),
-                **({"xla_flags": xla_flags()} if xla_flags() else {}))
+                **({"env": env_tag()} if env_tag() else {}))
 
 
 # ---------------------------------------------------------------------------
@@ -270,12 +273,12 @@ COLUMNS = [("model", "model"), ("mode", "mode"), ("batch", "batch"), ("precision
            ("spread", "spread"), ("vs_dense", "vs dense"), ("mask_pct", "mask %"),
            ("peer_images_per_s", "peer images/s"), ("vs_peer", "ours/peer"),
            ("step_mem_gib", "step mem GiB"), ("peak_gib", "peak GiB"),
-           ("compile_s", "compile s"), ("xla_flags", "XLA_FLAGS")]
+           ("compile_s", "compile s"), ("env", "env")]
 
 
 def add_ratios(rows: list[dict]) -> None:
     def key(r):
-        return r.get("model"), r.get("batch"), r.get("precision"), r.get("xla_flags", "")
+        return r.get("model"), r.get("batch"), r.get("precision"), r.get("env", "")
 
     dense = {key(r): r for r in rows if r.get("mode") == "dense" and "images_per_s" in r}
     for r in rows:
