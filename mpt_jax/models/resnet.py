@@ -137,6 +137,7 @@ class ImageNetResNet(_ResNetBase):
 
 class WideResNet34(ImageNetResNet):
     """The reference's "WideResNet-34-2" (SPEC 5.7): NOT a Zagoruyko-Komodakis WRN.
+    (Also its WRN-34-3 and, with BasicBlocks [2, 2, 2, 2], WRN-18-2.)
 
     The ImageNet ResNet-34 (BasicBlocks [3, 4, 6, 3], 7x7 stem, max-pool) with stage widths
     64, 64(f+1), 128(f+1), 256(f+1) for ``widen_factor`` f (default 2: 64/192/384/768,
@@ -178,3 +179,13 @@ register("wrn101_2", ImageNetResNet, stage_sizes=(3, 4, 23, 3), block="bottlenec
          **_IMAGENET_FIXED)
 register("wrn34_2", WideResNet34, stage_sizes=(3, 4, 6, 3), block="basic", base_width=64,
          planes=(64, 128, 256, 512), pool_before_act=True)
+# The reference's other widen factors (SPEC 5.7; its sweep configs only, no reported
+# number): WideResNet34_3 (64/256/512/1024) and WideResNet18_2 ([2,2,2,2], 64/192/384/768).
+# (WideResNet18_3's f = 2.5 gives fractional widths and crashes there; not registered.)
+register("wrn34_3", WideResNet34, stage_sizes=(3, 4, 6, 3), block="basic", base_width=64,
+         planes=(64, 128, 256, 512), pool_before_act=True, widen_factor=3)
+register("wrn18_2", WideResNet34, stage_sizes=(2, 2, 2, 2), block="basic", base_width=64,
+         planes=(64, 128, 256, 512), pool_before_act=True, widen_factor=2)
+# cWideResNet18_2 (SPEC 5.4, "other CIFAR entries"): cResNet18 with stage widths 64/192/384/768.
+register("wrn18_2_cifar", CifarResNet, stage_sizes=(2, 2, 2, 2),
+         stage_widths=(64, 192, 384, 768))
