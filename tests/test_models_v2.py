@@ -61,6 +61,9 @@ V2 = {
     "wrn34_2_v2": (1000, (7, (3, 4, 6, 3), WIDE), 48_270_528),
     # No SPEC number: WideResNet50_2_BinAct_v2 has wide planes AND base_width 128.
     "wrn50_2_v2": (1000, (7, (3, 4, 6, 3), WIDE, True, 128), None),
+    "wrn34_3_v2": (1000, (7, (3, 4, 6, 3), (64, 256, 512, 1024)), 85_238_976),
+    "wrn18_2_v2": (1000, (7, (2, 2, 2, 2), WIDE), 25_636_032),
+    "wrn18_2_cifar_v2": (10, (3, (2, 2, 2, 2), WIDE), None),  # no SPEC number
 }
 V2_NAMES = sorted(V2) + sorted(n + "_binact" for n in V2)
 

@@ -59,10 +59,10 @@ Reference shape bugs (SPEC 5.4, 5.8, 8 item 23), implemented shape-correct here:
 * The CIFAR v2 Bottleneck (cResNet50/101/152) has the same bug and no config uses it: not
   registered.
 
-Not implemented: WideResNet18_2(_BinAct)_v2 / WideResNet18_v2 / WideResNet34_3_BinAct_v2 (no
-v1 ``wrn18_2``/``wrn34_3`` entry exists either; ``wrn34_2_v2*`` with ``widen_factor=3`` gives
-the 34-3 widths), old_WideResNet50_2_BinAct_v2, cWideResNet18_2_BinAct_v2 and the ResNeXt
-entries of resnet_cifar_BinAct_v2.py.
+Also registered, with their v1 twins in resnet.py: wrn34_3_v2(_binact) (WideResNet34_3_BinAct_v2),
+wrn18_2_v2(_binact) (WideResNet18_2(_BinAct)_v2) and wrn18_2_cifar_v2(_binact)
+(cWideResNet18_2_BinAct_v2). Not implemented: WideResNet18_v2, old_WideResNet50_2_BinAct_v2
+and the ResNeXt entries of resnet_cifar_BinAct_v2.py (no config uses them).
 """
 from __future__ import annotations
 
@@ -157,3 +157,10 @@ register("wrn34_2_v2", WideResNetV2, stage_sizes=(3, 4, 6, 3), block="basic", ba
          **_IMAGENET_FIXED)
 register("wrn50_2_v2", WideResNetV2, stage_sizes=(3, 4, 6, 3), block="bottleneck",
          base_width=128, **_IMAGENET_FIXED)
+# The v2 twins of the sweep-config widen factors (resnet.py: wrn34_3, wrn18_2, wrn18_2_cifar).
+register("wrn34_3_v2", WideResNetV2, stage_sizes=(3, 4, 6, 3), block="basic", base_width=64,
+         widen_factor=3, **_IMAGENET_FIXED)
+register("wrn18_2_v2", WideResNetV2, stage_sizes=(2, 2, 2, 2), block="basic", base_width=64,
+         widen_factor=2, **_IMAGENET_FIXED)
+register("wrn18_2_cifar_v2", CifarResNetV2, stage_sizes=(2, 2, 2, 2),
+         stage_widths=(64, 192, 384, 768))
