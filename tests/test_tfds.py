@@ -254,9 +254,31 @@ EVAL_TOL = 1.0  # uint8 levels: rounding of the resized image to uint8
 
 
 def decode_like_the_pipeline(jpeg):
-  """The pixels the pipeline starts from: TensorFlow's JPEG decoder with its default DCT
-  (it differs from PIL's by up to 4 levels; resize and crop are what is under test here)."""
-  return tf.io.decode_jpeg(jpeg, channels=3).numpy().astype(np.float64)
+  """The pixels the pipeline starts from: PIL's decode (the reference's), which the
+  pipeline's TensorFlow decode equals exactly (test_jpeg_decode_is_pils)."""
+  with Image.open(io.BytesIO(jpeg)) as im:
+    return np.asarray(im.convert("RGB")).astype(np.float64)
+
+
+def test_jpeg_decode_is_pils():
+  """imagenet.DCT_METHOD: TensorFlow decodes a 4:2:0 JPEG exactly as PIL does (the
+  default DCT would not), and a windowed decode equals PIL's crop except the window's
+  first and last columns."""
+  rng = np.random.default_rng(5)
+  smooth = np.cumsum(np.cumsum(rng.normal(size=(181, 243, 3)), 0), 1)
+  smooth = (smooth - smooth.min()) / np.ptp(smooth) * 255.0
+  buf = io.BytesIO()
+  Image.fromarray(smooth.astype(np.uint8)).save(buf, format="JPEG", quality=85)
+  jpeg = buf.getvalue()
+  want = decode_like_the_pipeline(jpeg)
+  got = tf.io.decode_jpeg(jpeg, channels=3, dct_method=imagenet.DCT_METHOD).numpy()
+  np.testing.assert_array_equal(got, want)
+  default = tf.io.decode_jpeg(jpeg, channels=3).numpy()
+  assert np.abs(default - want).max() > 0  # the check above is not vacuous
+  y, x, h, w = 11, 21, 99, 149
+  window = tf.image.decode_and_crop_jpeg(jpeg, [y, x, h, w], channels=3,
+                                         dct_method=imagenet.DCT_METHOD).numpy()
+  np.testing.assert_array_equal(window[:, 1:-1], want[y:y + h, x + 1:x + w - 1])
 
 
 def bilinear_matrix(size, new):
