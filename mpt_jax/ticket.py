@@ -463,19 +463,22 @@ def make_ticket(model_name: str, model_opts: Mapping[str, Any], variables: Mappi
     pruning = model_opts.get("pruning", "layerwise")
     lts = layer_tickets(variables.get("params"), variables.get("frozen"), keep_fraction,
                         pruning, order=order)
-    run_vars = {k: variables[k] for k in ("params", "frozen", "batch_stats") if variables.get(k)}
-    if pruning == "global":
-        flat_p = _flat(variables["params"])
-        tau = ops.global_threshold([flat_p[p + ("scores",)] for p in order], keep_fraction)
-        shapes = _shapes(build_model(model_name, model_opts), image_shape)
-        run_vars["pruning"] = jax.tree_util.tree_map(lambda _: tau, shapes["pruning"])
-    kernels = training_kernels(model_name, model_opts, run_vars, image_shape) if exact else {}
-    for lt in (lts if exact else ()):
-        kernel = np.asarray(kernels[lt.name])
-        if not np.array_equal(kernel != 0, lt.mask):
-            raise TicketError(f"layer {lt.name}: the model's kernel and the ticket's mask "
-                              f"differ (ties in |scores|?); cannot freeze this ticket exactly")
-        lt.alpha = _alpha_of(kernel)
+    if exact:  # alpha exactly as the training-time model computes it
+        run_vars = {k: variables[k] for k in ("params", "frozen", "batch_stats")
+                    if variables.get(k)}
+        if pruning == "global":
+            flat_p = _flat(variables["params"])
+            tau = ops.global_threshold([flat_p[p + ("scores",)] for p in order], keep_fraction)
+            shapes = _shapes(build_model(model_name, model_opts), image_shape)
+            run_vars["pruning"] = jax.tree_util.tree_map(lambda _: tau, shapes["pruning"])
+        kernels = training_kernels(model_name, model_opts, run_vars, image_shape)
+        for lt in lts:
+            kernel = np.asarray(kernels[lt.name])
+            if not np.array_equal(kernel != 0, lt.mask):
+                raise TicketError(f"layer {lt.name}: the model's kernel and the ticket's mask "
+                                  f"differ (ties in |scores|?); cannot freeze this ticket "
+                                  f"exactly")
+            lt.alpha = _alpha_of(kernel)
     others = {}
     for coll in ("params", "batch_stats"):
         for path, leaf in _flat(variables.get(coll)).items():
@@ -488,14 +491,14 @@ def make_ticket(model_name: str, model_opts: Mapping[str, Any], variables: Mappi
             raise TicketError("mode='seed' needs the PRNG key the run initialised the model with"
                               " (init_key); or use mode='signs'")
         init = key_info(init_key)
-        frozen = regenerate_frozen(model_name, model_opts, image_shape, init) if exact else None
-        try:
-            if exact:
+        if exact:
+            frozen = regenerate_frozen(model_name, model_opts, image_shape, init)
+            try:
                 _check_regenerated(lts, frozen, {lt.name: _signs_hash(lt) for lt in lts}, init)
-        except TicketError:
-            raise TicketError("the given init key does not regenerate this run's random weights "
-                              "(different kept signs); pass the key the run used for model.init,"
-                              " or export with mode='signs'") from None
+            except TicketError:
+                raise TicketError("the given init key does not regenerate this run's random "
+                                  "weights (different kept signs); pass the key the run used for"
+                                  " model.init, or export with mode='signs'") from None
         info["init"] = init
     ticket = Ticket(model_name, model_opts, image_shape, keep_fraction, mode, lts, others, info)
     inference_model(ticket)  # shapes and collections must fit the model: fail at export time

@@ -115,15 +115,15 @@ class InMemoryDataset:
     """ShapeDtypeStructs (with the batch sharding) of every training batch."""
     images, labels = self._train
     perm = jax.eval_shape(self._permutation, 0)
-    shapes = jax.eval_shape(self._make_train_batch, images, labels, perm, 0, 0)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                       sharding=self.batch_sharding), shapes)
+    return self._sharded(jax.eval_shape(self._make_train_batch, images, labels, perm, 0, 0))
 
   def eval_batch_shapes(self) -> dict:
     """ShapeDtypeStructs (with the batch sharding) of every eval batch (all have one shape)."""
-    shapes = jax.eval_shape(self._make_eval_batch, *self._eval, 0)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                       sharding=self.batch_sharding), shapes)
+    return self._sharded(jax.eval_shape(self._make_eval_batch, *self._eval, 0))
+
+  def _sharded(self, shapes):
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.batch_sharding), shapes)
 
   def eval_batches(self) -> Iterator[dict]:
     """Every eval example exactly once; the last batch is padded (mask 0 on padding rows)."""
