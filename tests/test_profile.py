@@ -110,3 +110,25 @@ def test_profile_of_the_real_step_on_cpu(mode):
             assert by_cat[part]["kernels_per_step"] == 0, part
     report = profile_step.format_report(summary, summary["wall_ms_per_step"], "t")
     assert "| mask search |" in report and "Top 15 instructions" in report
+
+
+def test_rows_under_other_settings_pair_with_their_own_dense_row(monkeypatch):
+    """train_step.py tags rows with $XLA_FLAGS / $MPT_JAX_* (env_tag) and add_ratios divides
+    a biprop row only by the dense row measured under the same settings."""
+    for key in [k for k in os.environ if k.startswith("MPT_JAX_")] + ["XLA_FLAGS"]:
+        monkeypatch.delenv(key, raising=False)
+    assert train_step.env_tag() == ""
+    monkeypatch.setenv("MPT_JAX_SELECT_COPIES", " 256 ")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer=")
+    assert train_step.env_tag() == ("XLA_FLAGS=--xla_gpu_enable_command_buffer= "
+                                    "MPT_JAX_SELECT_COPIES=256")
+    base = dict(model="conv4", batch=256, precision="bfloat16")
+    rows = [dict(base, mode="dense", images_per_s=200.0, ms_per_step=5.0),
+            dict(base, mode="dense", images_per_s=100.0, ms_per_step=10.0, env="X=1"),
+            dict(base, mode="biprop", images_per_s=150.0, ms_per_step=20.0 / 3),
+            dict(base, mode="biprop", images_per_s=80.0, ms_per_step=12.5, env="X=1"),
+            dict(base, mode="biprop", images_per_s=50.0, ms_per_step=20.0, env="Y=2")]
+    train_step.add_ratios(rows)
+    assert rows[2]["vs_dense"] == 0.75 and rows[2]["mask_pct"] == 25.0
+    assert rows[3]["vs_dense"] == 0.8 and rows[3]["mask_pct"] == 20.0
+    assert "vs_dense" not in rows[4]  # no dense row under Y=2
