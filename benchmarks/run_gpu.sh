@@ -15,7 +15,7 @@
 #              tables in $OUT/profile.md; prof34: the same for wrn34_2_binact, biprop and
 #              dense), conv4x (conv4 mask experiments: compare with 4- and 6-bit digits,
 #              and radix_many without XLA's command buffers; r18x: the compare digits for
-#              resnet18_cifar), copies (conv4 and
+#              resnet18_cifar; digits: MPT_JAX_SELECT_DIGITS plans), copies (conv4 and
 #              resnet18_cifar with MPT_JAX_SELECT_COPIES in $COPIES, default "256 1024");
 #              r18b/conv4b/wrn50b: the batched mask path (train.py mask_impl=batched,
 #              mpt_jax.masks), r18b and conv4b with dense and the peer; MASK_METHODS picks
@@ -130,6 +130,18 @@ for g in $BENCH_GROUPS; do
               run "conv4 without command buffers" 25 60 $BENCH --model conv4 \
               --batch $B_SMALL --precision $PREC --modes biprop,dense --select radix \
               --mask-impl batched --mask-method radix_many $STEPS ;;
+    # Wider scatter digits (fewer passes, thinner hot bins): MPT_JAX_SELECT_DIGITS plans in
+    # $DIGIT_PLANS (default "16,15"), each with the histogram copies in $DIGIT_COPIES
+    # (default "1 8").
+    digits) for d in ${DIGIT_PLANS:-16,15}; do
+              for c in ${DIGIT_COPIES:-1 8}; do
+                for m in conv4 resnet18_cifar; do
+                  MPT_JAX_SELECT_DIGITS=$d MPT_JAX_SELECT_COPIES=$c run "$m digits=$d copies=$c" \
+                    25 60 $BENCH --model $m --batch $B_SMALL --precision $PREC --modes biprop \
+                    --select radix --mask-impl batched --mask-method radix_many $STEPS
+                done
+              done
+            done ;;
     r18x)   run "resnet18_cifar compare digits" 40 90 $BENCH --model resnet18_cifar \
               --batch $B_SMALL --precision $PREC --modes biprop --select radix \
               --mask-impl batched --mask-method compare,compare6 $STEPS ;;

@@ -13,7 +13,7 @@
 #   E2E_RUNS="dense:--config.mode=dense fp32:--config.precision=float32 seed1:--config.seed=1" BENCH_GROUPS=none
 # (each run's files in $OUT/e2e_<TAG>/ except "default", which writes to $OUT);
 # E2E_TIMEOUT (default 230) bounds each; BENCH_GROUPS (default "prof34 conv4b r18b wrn34b
-# copies wrn50rm conv4x r18x": what issue 6 still owes after session 3 (benchmarks/RESULTS.md):
+# copies digits wrn50rm conv4x r18x": what issue 6 still owes after session 3 (benchmarks/RESULTS.md):
 # the wrn34_2_binact profile, the issue-6 table again (on an H100, if one is lent) with the
 # GPU default mask path, dense and the peer, then the mask experiments; "none" = no table);
 # OUT.
@@ -41,7 +41,7 @@ if [ "${E2E:-1}" = 1 ]; then
   done
 fi
 LEFT=$(( TOTAL_S - ($(date +%s) - START) ))
-GROUPS_=${BENCH_GROUPS:-"prof34 conv4b r18b wrn34b copies wrn50rm conv4x r18x"}
+GROUPS_=${BENCH_GROUPS:-"prof34 conv4b r18b wrn34b copies digits wrn50rm conv4x r18x"}
 if [ "$GROUPS_" != none ]; then
   BUDGET_S=$LEFT BENCH_GROUPS=$GROUPS_ bash benchmarks/run_gpu.sh "${DRY[@]}"
 fi

@@ -65,6 +65,10 @@ _implementation: str | None = None  # set_implementation() overrides the environ
 # exponents, so a single 2048-bin histogram would serialise on a handful of atomics).
 # Only a speed knob (results are identical); $MPT_JAX_SELECT_COPIES overrides it.
 _COPIES_ENV_VAR = "MPT_JAX_SELECT_COPIES"
+# The scatter passes' digit widths, another speed knob: e.g. "16,15" (two passes; the first
+# one's 65,536 bins per layer spread the hot exponent bins ~32x more thinly) instead of the
+# default 11,10,10. Results are identical for every plan.
+_DIGITS_ENV_VAR = "MPT_JAX_SELECT_DIGITS"
 
 
 def _check_name(name: str, source: str) -> str:
@@ -175,6 +179,22 @@ def _suffix_counts(hist: Array) -> Array:
     return jnp.flip(jnp.cumsum(jnp.flip(hist, -1), axis=-1, dtype=jnp.int32), -1)
 
 
+def _scatter_digits() -> tuple[int, ...]:
+    """$MPT_JAX_SELECT_DIGITS (comma-separated widths, 1..16 bits each, summing to 31) or the
+    default (11, 10, 10)."""
+    text = os.environ.get(_DIGITS_ENV_VAR, "").strip()
+    if not text:
+        return _SCATTER_DIGITS
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or sum(widths) != 31 or not all(1 <= w <= 16 for w in widths):
+        raise ValueError(f"{_DIGITS_ENV_VAR} must be comma-separated digit widths of 1..16 bits "
+                         f"summing to 31 (e.g. 16,15 or 11,10,10); got {text!r}")
+    return widths
+
+
 def _histogram_copies() -> int:
     text = os.environ.get(_COPIES_ENV_VAR, "").strip()
     if text:
@@ -201,7 +221,7 @@ def _histogram(index: Array, num_bins: int) -> Array:
 def _radix_scatter(codes: Array, k: Array, valid: Array | None = None) -> Array:
     """k-th largest of ``codes`` (31-bit) among the entries where ``valid`` (default all)."""
     prefix = jnp.zeros((), jnp.uint32)
-    for i, (shift, width) in enumerate(_digit_plan(_SCATTER_DIGITS)):
+    for i, (shift, width) in enumerate(_digit_plan(_scatter_digits())):
         bins = 1 << width
         digit = ((codes >> shift) & jnp.uint32(bins - 1)).astype(jnp.int32)
         match = valid
@@ -338,7 +358,7 @@ def _radix_scatter_many(codes: Sequence[Array], ks: Array) -> Array:
     """Segmented radix select: one scatter per pass for all arrays (L segments of B bins)."""
     num = len(codes)
     prefix = jnp.zeros((num,), jnp.uint32)
-    for i, (shift, width) in enumerate(_digit_plan(_SCATTER_DIGITS)):
+    for i, (shift, width) in enumerate(_digit_plan(_scatter_digits())):
         bins = 1 << width
         parts = []
         for j, c in enumerate(codes):

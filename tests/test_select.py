@@ -251,6 +251,29 @@ def test_histogram_copies_give_identical_results(monkeypatch):
         assert [float(x) for x in got] == [_ref(values, k)] * 2
 
 
+@pytest.mark.parametrize("digits", ["16,15", "8,8,8,7", "1,10,10,10"])
+def test_scatter_digit_plans_give_identical_results(monkeypatch, digits):
+    # $MPT_JAX_SELECT_DIGITS only changes the passes (a speed knob): the same thresholds as
+    # a float64 sort, per array and batched, with privatised copies too.
+    values = _make("ties", 5000, np.random.default_rng(11))
+    other = _make("uniform", 777, np.random.default_rng(12))
+    monkeypatch.setenv("MPT_JAX_SELECT_DIGITS", digits)
+    for copies in ("1", "4"):
+        monkeypatch.setenv("MPT_JAX_SELECT_COPIES", copies)
+        for k in [1, 1234, 5000]:
+            assert float(select.kth_largest_radix(jnp.asarray(values), k)) == _ref(values, k)
+            got = select.kth_largest_many([jnp.asarray(values), jnp.asarray(other)],
+                                          [k, min(k, 777)], batched=True)
+            assert [float(x) for x in got] == [_ref(values, k), _ref(other, min(k, 777))]
+
+
+@pytest.mark.parametrize("bad", ["16,16", "11,10", "17,14", "a,b", "0,31"])
+def test_bad_scatter_digit_plan_is_refused(monkeypatch, bad):
+    monkeypatch.setenv("MPT_JAX_SELECT_DIGITS", bad)
+    with pytest.raises(ValueError, match="MPT_JAX_SELECT_DIGITS.*summing to 31"):
+        select.kth_largest_radix(jnp.ones((8,), jnp.float32), 1)
+
+
 def test_auto_uses_radix_on_cpu():
     # "auto" lowers per platform; on CPU it must be the radix select (no sort in the HLO).
     values = jnp.ones((64,), jnp.float32)
