@@ -442,7 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
             if jax.process_index() == 0:
                 _truncate_metrics(workdir, int(meta["global_step"]))
             _print(f"resuming {workdir} at epoch {start_epoch + 1}, step {start_step} "
-                   f"(global step {meta['global_step']})")
+                   f"(global step {meta['global_step']}) on {_devices()}")
         else:
             _announce(config, ds, model, state)
     except BaseException:
@@ -568,12 +568,17 @@ def _write_result(workdir: str, result: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _devices() -> str:
+    n = jax.device_count()
+    return f"{n} device" + ("s" if n != 1 else "")
+
+
 def _announce(config, ds, model, state) -> None:
     """The one-time header of a new run: data, devices, the layer table, the trainable set."""
     _print(f"{config.model} ({config.mode}, keep_fraction={config.keep_fraction}, "
            f"pruning={config.pruning}) on {ds.name}: {ds.num_train} train / {ds.num_eval} "
            f"eval ({ds.eval_split_name}), {ds.steps_per_epoch} steps/epoch, "
-           f"{jax.device_count()} devices")
+           f"{_devices()}")
     _print(metrics_lib.layer_table(state.params, config,
                                    metrics_lib.layer_order(model, ds.image_shape)))
     ntrain, nentries = optim.count_trainable(state.params, config)

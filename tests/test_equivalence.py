@@ -2,7 +2,8 @@
 ``python -m mpt_jax.main`` on 1 CPU device, on 8 simulated CPU devices, and on 2 processes x 2
 devices joined by ``jax.distributed`` on localhost give the same scores (float32 tolerance:
 the gradient and BatchNorm reductions are summed in a different order on each topology).
-All four processes run at the same time."""
+All four processes run at the same time. A run stopped on one device count resumes on another
+with the same result."""
 import os
 import socket
 import subprocess
@@ -114,3 +115,56 @@ def test_sigterm_stops_all_processes_together(tmp_path):
         assert "Traceback" not in err
     assert "stopped by SIGTERM at epoch 1, step 5 of 22 (global step 5)" in results[0][2]
     assert checkpoint.load_for_inference(workdir)["metrics"]["step"] == 5
+
+
+def _stop_at(proc, step):
+    """Waits for the pause hook's marker of ``step``, then sends SIGTERM; returns the result."""
+    import signal
+    import time
+    t = time.time()
+    try:
+        while True:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, proc.stderr.read()[-3000:]
+            if f"test-hook: paused after step {step}" in line:
+                break
+            assert time.time() - t < TIMEOUT
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        results = wait_all([proc])
+    return results[0]
+
+
+@pytest.mark.slow
+def test_resume_on_another_device_count(tmp_path):
+    """A run stopped (SIGTERM, mid-epoch) on 1 device resumes on 8 devices, and one stopped on
+    8 resumes on 1; both end, after all 6 steps, with the scores of an uninterrupted 1-device
+    run (float32 tolerance: only the reduction order differs) and the same random weights."""
+    dirs = {name: str(tmp_path / name) for name in ("ref", "one_to_eight", "eight_to_one")}
+    pause = dict(MPT_JAX_TEST_PAUSE_AT_STEP="3")
+    ref = launch(dirs["ref"], 1)
+    first = [launch(dirs["one_to_eight"], 1, pause), launch(dirs["eight_to_one"], 8, pause)]
+    for proc in first:
+        rc, _, err = _stop_at(proc, 3)
+        assert rc == 143, err[-3000:]
+    for d in dirs.values():
+        if d != dirs["ref"]:
+            assert checkpoint.load_for_inference(d)["metrics"]["step"] == 3
+    resumed = [launch(dirs["one_to_eight"], 8), launch(dirs["eight_to_one"], 1)]
+    results = wait_all([ref] + resumed)
+    for rc, out, err in results:
+        assert rc == 0, err[-3000:]
+        assert "final accuracy" in out
+    # The resume line names the new topology (the checkpoint itself is topology-free).
+    assert "(global step 3) on 8 devices" in results[1][1], results[1][1][-2000:]
+    assert "(global step 3) on 1 device\n" in results[2][1], results[2][1][-2000:]
+    want = checkpoint.load_for_inference(dirs["ref"])
+    for name in ("one_to_eight", "eight_to_one"):
+        got = checkpoint.load_for_inference(dirs[name])
+        assert got["metrics"]["step"] == STEPS
+        for layer in want["params"]:
+            np.testing.assert_allclose(np.asarray(got["params"][layer]["scores"]),
+                                       np.asarray(want["params"][layer]["scores"]),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{name} {layer}")
+            np.testing.assert_array_equal(got["frozen"][layer]["weight"],
+                                          want["frozen"][layer]["weight"])
