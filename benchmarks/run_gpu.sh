@@ -16,7 +16,9 @@
 #              dense), conv4x (conv4 mask experiments: compare with 4- and 6-bit digits,
 #              and radix_many without XLA's command buffers; r18x: the compare digits for
 #              resnet18_cifar; digits: MPT_JAX_SELECT_DIGITS plans), copies (conv4 and
-#              resnet18_cifar with MPT_JAX_SELECT_COPIES in $COPIES, default "256 1024");
+#              resnet18_cifar with MPT_JAX_SELECT_COPIES in $COPIES, default "256 1024";
+#              digits and copies measure the models in $KNOB_MODELS, default
+#              "conv4 resnet18_cifar", e.g. KNOB_MODELS=wrn34_2_binact);
 #              r18b/conv4b/wrn50b: the batched mask path (train.py mask_impl=batched,
 #              mpt_jax.masks), r18b and conv4b with dense and the peer; MASK_METHODS picks
 #              their methods, default "radix_many" (the GPU default); WRN50_METHOD for
@@ -107,6 +109,15 @@ run() {
   [ $rc = 0 ] || { say "=== $name exited with status $rc"; meta "status $name" "exit $rc"; }
 }
 
+# model_batch MODEL: "MODEL BATCH CAP_S" for the knob groups: 224x224 models (wrn*) get
+# $B_BIG and a longer cap; the dry run stands resnet20_cifar in for them.
+model_batch() {
+  case $1 in
+    wrn*) if [ $DRY = 1 ]; then echo "resnet20_cifar $B_SMALL 60"; else echo "$1 $B_BIG 120"; fi ;;
+    *)    echo "$1 $B_SMALL 60" ;;
+  esac
+}
+
 MASK_METHODS=${MASK_METHODS:-radix_many}
 WRN50_METHOD=${WRN50_METHOD:-compare}
 for g in $BENCH_GROUPS; do
@@ -135,9 +146,10 @@ for g in $BENCH_GROUPS; do
     # (default "1 8").
     digits) for d in ${DIGIT_PLANS:-16,15}; do
               for c in ${DIGIT_COPIES:-1 8}; do
-                for m in conv4 resnet18_cifar; do
-                  MPT_JAX_SELECT_DIGITS=$d MPT_JAX_SELECT_COPIES=$c run "$m digits=$d copies=$c" \
-                    25 60 $BENCH --model $m --batch $B_SMALL --precision $PREC --modes biprop \
+                for m in ${KNOB_MODELS:-conv4 resnet18_cifar}; do
+                  set -- $(model_batch $m)
+                  MPT_JAX_SELECT_DIGITS=$d MPT_JAX_SELECT_COPIES=$c run "$1 digits=$d copies=$c" \
+                    25 $3 $BENCH --model $1 --batch $2 --precision $PREC --modes biprop \
                     --select radix --mask-impl batched --mask-method radix_many $STEPS
                 done
               done
@@ -146,9 +158,10 @@ for g in $BENCH_GROUPS; do
               --batch $B_SMALL --precision $PREC --modes biprop --select radix \
               --mask-impl batched --mask-method compare,compare6 $STEPS ;;
     copies) for c in ${COPIES:-256 1024}; do
-              for m in conv4 resnet18_cifar; do
-                MPT_JAX_SELECT_COPIES=$c run "$m copies=$c" 25 60 $BENCH --model $m \
-                  --batch $B_SMALL --precision $PREC --modes biprop --select radix \
+              for m in ${KNOB_MODELS:-conv4 resnet18_cifar}; do
+                set -- $(model_batch $m)
+                MPT_JAX_SELECT_COPIES=$c run "$1 copies=$c" 25 $3 $BENCH --model $1 \
+                  --batch $2 --precision $PREC --modes biprop --select radix \
                   --mask-impl batched --mask-method radix_many $STEPS
               done
             done ;;

@@ -175,7 +175,8 @@ def _select_label(config, select_name: str) -> str:
 def env_tag() -> str:
     """The speed-relevant environment of this run ('' if none): $XLA_FLAGS and the
     $MPT_JAX_* knobs (e.g. MPT_JAX_SELECT_COPIES). Rows measured under different settings
-    are told apart in the table and compared only with the dense row of the same settings."""
+    are told apart in the table and compared only with the dense row of the same settings
+    (mask-only knobs aside: see dense_env)."""
     names = ["XLA_FLAGS"] + sorted(k for k in os.environ if k.startswith("MPT_JAX_"))
     return " ".join(f"{k}={os.environ[k].strip()}" for k in names
                     if os.environ.get(k, "").strip())
@@ -276,9 +277,19 @@ COLUMNS = [("model", "model"), ("mode", "mode"), ("batch", "batch"), ("precision
            ("compile_s", "compile s"), ("env", "env")]
 
 
+# Knobs that only change the mask search, which dense steps do not run: a biprop row measured
+# under them pairs with the dense row of the remaining settings.
+MASK_ONLY_KNOBS = ("MPT_JAX_SELECT", "MPT_JAX_MASK_")
+
+
+def dense_env(env: str) -> str:
+    """``env`` (an env_tag) without its mask-only knobs: the settings a dense step feels."""
+    return " ".join(t for t in env.split(" ") if t and not t.startswith(MASK_ONLY_KNOBS))
+
+
 def add_ratios(rows: list[dict]) -> None:
     def key(r):
-        return r.get("model"), r.get("batch"), r.get("precision"), r.get("env", "")
+        return r.get("model"), r.get("batch"), r.get("precision"), dense_env(r.get("env", ""))
 
     dense = {key(r): r for r in rows if r.get("mode") == "dense" and "images_per_s" in r}
     for r in rows:

@@ -114,7 +114,8 @@ def test_profile_of_the_real_step_on_cpu(mode):
 
 def test_rows_under_other_settings_pair_with_their_own_dense_row(monkeypatch):
     """train_step.py tags rows with $XLA_FLAGS / $MPT_JAX_* (env_tag) and add_ratios divides
-    a biprop row only by the dense row measured under the same settings."""
+    a biprop row only by the dense row measured under the same settings (knobs of the mask
+    search aside, which a dense step does not run)."""
     for key in [k for k in os.environ if k.startswith("MPT_JAX_")] + ["XLA_FLAGS"]:
         monkeypatch.delenv(key, raising=False)
     assert train_step.env_tag() == ""
@@ -132,3 +133,15 @@ def test_rows_under_other_settings_pair_with_their_own_dense_row(monkeypatch):
     assert rows[2]["vs_dense"] == 0.75 and rows[2]["mask_pct"] == 25.0
     assert rows[3]["vs_dense"] == 0.8 and rows[3]["mask_pct"] == 20.0
     assert "vs_dense" not in rows[4]  # no dense row under Y=2
+    # Mask-only knobs do not change a dense step: such rows pair with the dense row of the
+    # other settings (here: none, then X=1); XLA_FLAGS and other knobs still separate rows.
+    tagged = [dict(base, mode="biprop", images_per_s=160.0, ms_per_step=6.25,
+                   env="MPT_JAX_SELECT_COPIES=256 MPT_JAX_SELECT_DIGITS=16,15"),
+              dict(base, mode="biprop", images_per_s=90.0, ms_per_step=100 / 9,
+                   env="X=1 MPT_JAX_MASK_BITS=6"),
+              dict(base, mode="biprop", images_per_s=90.0, ms_per_step=100 / 9,
+                   env="XLA_FLAGS=--a --b MPT_JAX_SELECT_COPIES=8")]
+    train_step.add_ratios(rows[:2] + tagged)
+    assert tagged[0]["vs_dense"] == 0.8 and tagged[1]["vs_dense"] == 0.9
+    assert "vs_dense" not in tagged[2]
+    assert train_step.dense_env("XLA_FLAGS=--a --b MPT_JAX_SELECT_COPIES=8") == "XLA_FLAGS=--a --b"
