@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any, Iterable
 
 import ml_collections
@@ -41,6 +42,13 @@ BASELINE_FIELDS = ("optimizer", "learning_rate", "momentum", "weight_decay", "ne
                    "scale_fan", "num_epochs", "label_smoothing")
 
 
+def default_cache_dir() -> str:
+    """Where decoded datasets and compiled steps are cached: $XDG_CACHE_HOME/mpt_jax, else
+    ~/.cache/mpt_jax (the XDG default)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"),
+                        "mpt_jax")
+
+
 def base_config() -> ml_collections.ConfigDict:
     """All fields of the Config contract (PREAMBLE) with neutral defaults."""
     c = ml_collections.ConfigDict()
@@ -63,7 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_dir = ""
     c.input_pipeline = "auto"
     c.holdout_per_class = 500
-    c.cache_dir = "~/.cache/mpt_jax"
+    c.cache_dir = default_cache_dir()
+    c.compilation_cache = True     # XLA executables in <cache_dir>/xla: reruns skip compiling
     c.augment = True
     # Optimisation (SPEC 4.4, 6.3, 6.4).
     c.batch_size = 128

@@ -88,6 +88,7 @@ def run(argv: list[str]) -> int:
         overridden = config_flags.get_override_values(FLAGS["config"])
         config = config_utils.resolve(config, overridden)
         config_utils.validate(config)  # before any data or model is touched
+        train.enable_compilation_cache(config)
         train.train_and_evaluate(config, workdir)
     except Interrupted as e:
         return _fail(f"{e}: {resume}", e.exit_code)

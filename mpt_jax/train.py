@@ -376,6 +376,25 @@ def _print(*args, **kwargs):
 # Main loop
 
 
+def enable_compilation_cache(config) -> str | None:
+    """Points JAX's persistent compilation cache at ``<config.cache_dir>/xla`` (unless
+    ``config.compilation_cache`` is False, ``cache_dir`` is empty, or a cache directory is
+    already set, e.g. by $JAX_COMPILATION_CACHE_DIR), so that a rerun, a resume or another
+    seed of the same config loads the compiled train / eval steps (on a GPU including
+    cuDNN's autotuning) instead of compiling them again. Returns the directory in use.
+    ``python -m mpt_jax.main`` calls it; a notebook calls it before ``train_and_evaluate``
+    (it sets a process-wide JAX option, which a library call should not do on its own).
+    Only compilations of >= 1 s are stored (JAX's default,
+    $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS). JAX opens the cache at the first
+    compilation after a directory is set and keeps that one for the process."""
+    current = jax.config.jax_compilation_cache_dir
+    if current or not config.get("compilation_cache", True) or not config.get("cache_dir"):
+        return current or None
+    path = os.path.join(os.path.expanduser(config.cache_dir), "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
                        overridden: Iterable[str] = ()) -> dict:
     """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final metrics.

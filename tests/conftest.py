@@ -1,10 +1,19 @@
-"""Test setup: 8 simulated CPU devices for the sharding tests (set before JAX starts)."""
+"""Test setup: 8 simulated CPU devices for the sharding tests (set before JAX starts), and a
+throw-away $XDG_CACHE_HOME for the session and its subprocesses, so that the runs of
+``python -m mpt_jax.main`` under test cache their data and compiled steps there, never in
+the user's ~/.cache/mpt_jax."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+_cache_home = tempfile.mkdtemp(prefix="mpt_jax_tests_cache_")
+os.environ["XDG_CACHE_HOME"] = _cache_home
+atexit.register(shutil.rmtree, _cache_home, ignore_errors=True)
 
 
 import pytest  # noqa: E402  (after the XLA flags above)

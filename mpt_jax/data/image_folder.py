@@ -21,13 +21,14 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mpt_jax.config_utils import default_cache_dir
 from mpt_jax.data.errors import DataError, DataNotFoundError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif",
                     ".tiff")
 SPLITS = ("train", "test")
 CACHE_FORMAT_VERSION = "1"
-DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "mpt_jax")
+DEFAULT_CACHE_DIR = default_cache_dir()
 _DECODE_CHUNK = 1024
 
 LAYOUT_HINT = "expected <root>/train/<class name>/<image>.jpg|png (optionally also test/<class>/...)"
