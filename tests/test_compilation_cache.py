@@ -66,3 +66,13 @@ def test_cache_can_be_switched_off(tmp_path):
     # $XDG_CACHE_HOME, where set, takes the place of ~/.cache.
     run(tmp_path / "d", env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
     assert entries(tmp_path / "xdg" / "mpt_jax" / "xla")
+
+
+def test_an_unusable_cache_dir_does_not_stop_the_run(tmp_path):
+    """A cache_dir that cannot be created (here: below a regular file) costs only a warning:
+    the run trains and ends as usual."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run(tmp_path / "a", f"--config.cache_dir={blocker / 'sub'}")
+    assert "final accuracy: top-1" in proc.stdout
+    assert "compilation cache" in proc.stderr  # JAX says why nothing was cached
