@@ -5,9 +5,11 @@ the gradient and BatchNorm reductions are summed in a different order on each to
 All four processes run at the same time. A run stopped on one device count resumes on another
 with the same result."""
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -46,6 +48,17 @@ def wait_all(procs):
             if p.poll() is None:
                 p.kill()
     return outs
+
+
+def wait_marker(proc, step):
+    """Reads ``proc``'s stdout up to the pause hook's marker of global step ``step``."""
+    t = time.time()
+    while True:
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, proc.stderr.read()[-3000:]
+        if f"test-hook: paused after step {step}" in line:
+            return
+        assert time.time() - t < TIMEOUT
 
 
 @pytest.mark.slow
@@ -87,8 +100,6 @@ def test_1_device_8_devices_and_2x2_processes_agree(tmp_path):
 def test_sigterm_stops_all_processes_together(tmp_path):
     """2 processes x 2 devices: SIGTERM to both during step 5 (a logging step): both agree,
     save one checkpoint together (a collective orbax save) and exit 143."""
-    import signal
-    import time
     port = free_port()
     workdir = str(tmp_path / "multi")
     env = lambda i: dict(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
@@ -96,13 +107,7 @@ def test_sigterm_stops_all_processes_together(tmp_path):
     procs = [launch(workdir, 2, env(i)) for i in range(2)]
     try:
         for p in procs:  # the marker is the first stdout line of process 1; wait for both
-            t = time.time()
-            while True:
-                line = p.stdout.readline()
-                assert line or p.poll() is None, p.stderr.read()[-3000:]
-                if "test-hook: paused after step 5" in line:
-                    break
-                assert time.time() - t < TIMEOUT
+            wait_marker(p, 5)
         for p in procs:
             p.send_signal(signal.SIGTERM)
         results = wait_all(procs)
@@ -119,16 +124,8 @@ def test_sigterm_stops_all_processes_together(tmp_path):
 
 def _stop_at(proc, step):
     """Waits for the pause hook's marker of ``step``, then sends SIGTERM; returns the result."""
-    import signal
-    import time
-    t = time.time()
     try:
-        while True:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, proc.stderr.read()[-3000:]
-            if f"test-hook: paused after step {step}" in line:
-                break
-            assert time.time() - t < TIMEOUT
+        wait_marker(proc, step)
         proc.send_signal(signal.SIGTERM)
     finally:
         results = wait_all([proc])
