@@ -13,11 +13,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "experiments", "colab_tpu.ipynb")
 
 
-def code_cells():
+def code_cells() -> dict:
+    """{cell index: source} of the notebook's code cells."""
     with open(NOTEBOOK) as f:
         nb = json.load(f)
-    return [("".join(c["source"]), i) for i, c in enumerate(nb["cells"])
-            if c["cell_type"] == "code"]
+    return {i: "".join(c["source"]) for i, c in enumerate(nb["cells"])
+            if c["cell_type"] == "code"}
 
 
 def as_python(source: str) -> str:
@@ -32,12 +33,12 @@ def as_python(source: str) -> str:
 def test_every_code_cell_is_python():
     cells = code_cells()
     assert len(cells) >= 4
-    for source, index in cells:
+    for index, source in cells.items():
         ast.parse(as_python(source), filename=f"cell {index}")
 
 
 def test_install_and_default_cells_train_the_default_run(tmp_path):
-    cells = dict((i, s) for s, i in code_cells())
+    cells = code_cells()
     script = "\n\n".join(as_python(cells[i]) for i in (1, 3))
     assert "train.train_and_evaluate" in script and "enable_compilation_cache" in script
     script = script.replace("/content", str(tmp_path))
