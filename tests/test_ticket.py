@@ -126,6 +126,39 @@ def test_mask_and_alpha_match_float64_reference(runs):
         np.testing.assert_allclose(lt.kernel(), np.asarray(eff), rtol=1e-6, atol=0)
 
 
+def test_kept_weight_that_is_exactly_zero(runs, tmp_path):
+    """sign(0) = 0 (SPEC 8 item 27): a kept weight of exactly 0 contributes nothing, so the
+    ticket stores it as pruned, with alpha still the mean |W| over the whole kept set (the
+    zeros included, float64 reference), and reproduces the model's logits bit for bit.
+    (PyTorch's normal_ draws exact zeros; reference checkpoints of big models have some.)"""
+    name, opts, shape, key, variables = runs["conv2_binact"]
+    layer = "conv1"
+    params, frozen = variables["params"], dict(variables["frozen"])
+    s = np.asarray(params[layer]["scores"], np.float64)
+    w = np.array(frozen[layer]["weight"], np.float32)
+    n = s.size
+    kept = n - math.floor((1.0 - KEEP) * n)
+    order = np.argsort(-np.abs(s).reshape(-1), kind="stable")
+    zeroed = order[[0, 5, kept - 1]]  # three kept entries, the last one at the threshold
+    w.reshape(-1)[zeroed] = 0.0
+    frozen[layer] = dict(weight=jnp.asarray(w))
+    variables = dict(variables, frozen=frozen)
+    images = jax.random.normal(jax.random.key(5), (4, *shape))
+    ref = _logits(name, opts, variables, images)
+    ticket = T.make_ticket(name, opts, variables, shape, mode="signs")
+    lt = ticket.layer(layer)
+    mask = np.zeros(n, bool)
+    mask[order[:kept]] = True
+    np.testing.assert_allclose(float(lt.alpha), np.abs(w.astype(np.float64)).reshape(-1)[mask].mean(),
+                               rtol=2e-6)
+    mask[zeroed] = False
+    np.testing.assert_array_equal(lt.mask.reshape(-1), mask)
+    assert lt.kept == kept - 3
+    T.save_ticket(ticket, tmp_path / "z.mptk")
+    out = T.predict_fn(T.load_ticket(tmp_path / "z.mptk"))(images)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+
 def _prunable_weight_count(ticket):
     return sum(int(np.prod(lt.shape)) for lt in ticket.layers)
 
