@@ -1129,6 +1129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     F = _define_flags()
     from mpt_jax.errors import UserError, one_line
     try:
+        # absl's FLAGS are process-wide: a second main() in one process (a notebook, the
+        # tests) would otherwise inherit the previous call's --image_shape, --json, ...
+        F.unparse_flags()
         F(argv)
         return COMMANDS[command](F)
     except (TicketError, UserError) as e:

@@ -340,6 +340,9 @@ def test_cli_summary_json_and_errors(runs, tmp_path, capsys):
     assert T.main(["ticket", "summary", f"--ticket={path}", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["totals"]["file_bytes"] == size and s["mode"] == "seed"
+    # A second call in the same process starts from the defaults, not the last call's flags.
+    assert T.main(["ticket", "summary", f"--ticket={path}"]) == 0
+    assert not capsys.readouterr().out.lstrip().startswith("{")
     path.write_bytes(path.read_bytes()[:-3])
     assert T.main(["ticket", "summary", f"--ticket={path}"]) == 2
     assert "error:" in capsys.readouterr().err
