@@ -71,7 +71,19 @@ def resume_command(argv: list[str], workdir: str) -> str:
 def run(argv: list[str]) -> int:
     try:
         _define_flags()
-        FLAGS(argv)
+        # absl's FLAGS are process-wide: a second run() in one process (a notebook) would
+        # otherwise keep the previous call's --workdir. The config is re-read on every parse,
+        # its --config.* override flags registered from sys.argv (ml_collections), so that
+        # must be ``argv`` while parsing for run(argv) to work from Python.
+        for name in ("workdir", "multihost"):
+            FLAGS[name].unparse()
+        for name in [n for n in FLAGS if n.startswith("config.")]:
+            delattr(FLAGS, name)  # the previous call's override flags, registered anew below
+        saved_argv, sys.argv = sys.argv, list(argv)
+        try:
+            FLAGS(argv)
+        finally:
+            sys.argv = saved_argv
         config = FLAGS.config
         config.keys()  # a config file that failed to load raises here
     except (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError) as e:

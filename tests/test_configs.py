@@ -142,3 +142,36 @@ def test_command_line_errors_are_one_line_exit_2(tmp_path):
         assert len(lines) == 1 and re.search(pattern, lines[0]), proc.stderr
         assert "Traceback" not in proc.stderr
         assert not os.path.exists(tmp_path / "w" / "checkpoints")  # failed before any work
+
+
+def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
+    """``main.run(argv)`` from Python (a notebook): each call uses its own argv, never the
+    previous call's --workdir or --config.* overrides (absl's flags are process-wide)."""
+    import json
+
+    import jax
+
+    from mpt_jax import main
+
+    monkeypatch.chdir(tmp_path)
+    smoke = os.path.join(ROOT, "configs", "smoke.py")
+
+    def run(*args):
+        # No persistent compilation cache: run() would switch it on for the test session.
+        return main.run(["m", f"--config={smoke}", *args, "--config.compilation_cache=False"])
+
+    def result(workdir):
+        with open(os.path.join(workdir, "result.json")) as f:
+            return json.load(f)
+
+    assert run("--workdir=a", "--config.num_epochs=1") == 0
+    assert run("--config.max_train_steps=3") == 0
+    assert run("--workdir=b", "--config.num_epochs=1", "--config.seed=4") == 0
+    assert run("--workdir=c", "--config.bogus=1") == 2
+    assert "unknown config field in '--config.bogus=1'" in capsys.readouterr().err
+    a, default, b = result("a"), result(os.path.join("runs", "smoke")), result("b")
+    assert (a["epochs_completed"], a["global_step"], a["seed"]) == (1, 22, 0)
+    assert (default["global_step"], default["seed"]) == (3, 0)  # no --workdir: the default
+    assert (b["epochs_completed"], b["seed"]) == (1, 4)
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "runs"]
+    assert not jax.config.jax_compilation_cache_dir
