@@ -99,6 +99,16 @@ COUNTS = {
                       + sum(9 * v * w + 3 * 9 * w * w + v * w
                             for v, w in ((64, 192), (192, 384), (384, 768)))
                       + 768 * 10),
+    # cResNet50/101/152 (CIFAR Bottlenecks), counted by hand: stem 3*3*3*64; per stage of
+    # planes p entered with v channels, block 0 has 1*1*v*p + 3*3*p*p + 1*1*p*4p and the
+    # projection 1*1*v*4p (v != 4p everywhere, also 64 -> 256 in stage 1), every other
+    # block 4p*p + 9p*p + 4p*p; classifier 2048*10. (ResNet-50: 23,467,712 = the
+    # 23,520,842 parameters PyTorch counts for this CIFAR ResNet-50 less its 2 x 26,560
+    # BatchNorm affine entries and the 10 classifier biases.)
+    **{f"resnet{depth}_cifar": (32, 10, {}, 27 * 64 + sum(
+        v * p + 9 * p * p + 4 * p * p + 4 * v * p + (n - 1) * 17 * p * p
+        for v, p, n in zip((64, 256, 512, 1024), (64, 128, 256, 512), sizes)) + 2048 * 10)
+       for depth, sizes in ((50, (3, 4, 6, 3)), (101, (3, 4, 23, 3)), (152, (3, 8, 36, 3)))},
     # Small MLP on 8x8x1 digits: 64*256 + 256*256 + 256*10 (derived by hand).
     "mlp": (8, 10, {}, 84_480),
 }
@@ -360,6 +370,8 @@ def np_resnet(x, p, stage_sizes, widths, binact, imagenet=False, bottleneck=Fals
     ("resnet18_binact", 32, dict(stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512), imagenet=True)),
     ("resnet50_binact", 32, dict(stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512), imagenet=True,
                                  bottleneck=True)),
+    ("resnet50_cifar_binact", 8, dict(stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512),
+                                      bottleneck=True)),
 ])
 def test_resnet_graph_matches_numpy(name, hw, kwargs, x64):
     x = np.random.default_rng(2).normal(size=(2, hw, hw, 3))

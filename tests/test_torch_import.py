@@ -115,66 +115,83 @@ def _subnet_conv_class(torch):
     return SubnetConv
 
 
-def test_cifar_resnet20_state_dict_gives_same_logits(tmp_path):
-    """models/resnet_cifar.py naming: conv1, bn1, layer<s>.<b>.conv1/bn1/conv2/bn2,
-    shortcut.0/1, fc (a 1x1 SubnetConv); ReLU graph, non-affine BN, GAP head."""
+@pytest.mark.parametrize("model_name,block,stem,stages", [
+    ("resnet20_cifar", "basic", 16, ((16, 1, 3), (32, 2, 3), (64, 2, 3))),
+    ("resnet50_cifar", "bottleneck", 64, ((64, 1, 3), (128, 2, 4), (256, 2, 6), (512, 2, 3))),
+])
+def test_cifar_resnet_state_dict_gives_same_logits(model_name, block, stem, stages, tmp_path):
+    """models/resnet_cifar.py naming: conv1, bn1, layer<s>.<b>.conv1/bn1/conv2/bn2(/conv3/bn3),
+    shortcut.0/1, fc (a 1x1 SubnetConv); ReLU graph, non-affine BN, GAP head; BasicBlocks
+    (ResNet-20) and the expansion-4 Bottlenecks of cResNet50."""
     torch = pytest.importorskip("torch", reason="torch not installed: " + torch_import.TORCH_HINT)
     nn, F = torch.nn, torch.nn.functional
     SubnetConv = _subnet_conv_class(torch)
+    expansion = 4 if block == "bottleneck" else 1
 
-    class BasicBlock(nn.Module):
+    def bn(c):
+        return nn.BatchNorm2d(c, affine=False)
+
+    class Block(nn.Module):
         def __init__(self, cin, planes, stride):
             super().__init__()
-            self.conv1 = SubnetConv(cin, planes, 3, stride, 1)
-            self.bn1 = nn.BatchNorm2d(planes, affine=False)
-            self.conv2 = SubnetConv(planes, planes, 3, 1, 1)
-            self.bn2 = nn.BatchNorm2d(planes, affine=False)
+            if block == "basic":
+                self.conv1, self.bn1 = SubnetConv(cin, planes, 3, stride, 1), bn(planes)
+                self.conv2, self.bn2 = SubnetConv(planes, planes, 3, 1, 1), bn(planes)
+                self.convs = [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+            else:
+                self.conv1, self.bn1 = SubnetConv(cin, planes, 1), bn(planes)
+                self.conv2, self.bn2 = SubnetConv(planes, planes, 3, stride, 1), bn(planes)
+                self.conv3, self.bn3 = SubnetConv(planes, 4 * planes, 1), bn(4 * planes)
+                self.convs = [(self.conv1, self.bn1), (self.conv2, self.bn2),
+                              (self.conv3, self.bn3)]
             self.shortcut = nn.Sequential()
-            if stride != 1 or cin != planes:
-                self.shortcut = nn.Sequential(SubnetConv(cin, planes, 1, stride),
-                                              nn.BatchNorm2d(planes, affine=False))
+            if stride != 1 or cin != expansion * planes:
+                self.shortcut = nn.Sequential(SubnetConv(cin, expansion * planes, 1, stride),
+                                              bn(expansion * planes))
 
         def forward(self, x):
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out)) + self.shortcut(x)
-            return F.relu(out)
+            out = x
+            for i, (conv, norm) in enumerate(self.convs):
+                out = norm(conv(out))
+                if i < len(self.convs) - 1:
+                    out = F.relu(out)
+            return F.relu(out + self.shortcut(x))
 
-    class ResNet20(nn.Module):
+    class ResNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv1 = SubnetConv(3, 16, 3, 1, 1)
-            self.bn1 = nn.BatchNorm2d(16, affine=False)
-            cin, stages = 16, []
-            for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            self.conv1 = SubnetConv(3, stem, 3, 1, 1)
+            self.bn1 = bn(stem)
+            cin = stem
+            for s, (planes, stride, n) in enumerate(stages, start=1):
                 blocks = []
-                for b in range(3):
-                    blocks.append(BasicBlock(cin, planes, stride if b == 0 else 1))
-                    cin = planes
-                stages.append(nn.Sequential(*blocks))
-            self.layer1, self.layer2, self.layer3 = stages
-            self.fc = SubnetConv(64, 10, 1)
+                for b in range(n):
+                    blocks.append(Block(cin, planes, stride if b == 0 else 1))
+                    cin = expansion * planes
+                setattr(self, f"layer{s}", nn.Sequential(*blocks))
+            self.fc = SubnetConv(cin, 10, 1)
 
         def forward(self, x):
             out = F.relu(self.bn1(self.conv1(x)))
-            out = self.layer3(self.layer2(self.layer1(out)))
+            for s in range(1, len(stages) + 1):
+                out = getattr(self, f"layer{s}")(out)
             out = F.adaptive_avg_pool2d(out, 1)
             return self.fc(out).flatten(1)
 
     torch.manual_seed(1)
-    net = ResNet20()
+    net = ResNet()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
     net.eval()
-    path = tmp_path / "resnet20.pth"
+    path = tmp_path / f"{model_name}.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in net.state_dict().items()}}, path)
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         ref = net(x).numpy()
-    ticket = torch_import.ticket_from_torch(str(path), "resnet20_cifar", KEEP,
-                                            image_shape=(16, 16, 3))
+    ticket = torch_import.ticket_from_torch(str(path), model_name, KEEP, image_shape=(16, 16, 3))
     out = np.asarray(T.predict_fn(ticket)(x.numpy().transpose(0, 2, 3, 1)))
     assert np.abs(ref).max() > 0.1  # a non-trivial comparison
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)

@@ -65,31 +65,53 @@ class _ResNetBase(ScoreNet):
         y = self.bottleneck_branch(x, planes, strides, train, prefix, base_width)
         return self.act(y + self._shortcut(x, 4 * planes, strides, train, prefix))
 
+    def stages(self, x, stage_sizes: Sequence[int], planes: Sequence[int], block: str,
+               base_width: int, train: bool):
+        """The residual stages: ``stage_sizes[s]`` blocks of ``planes[s]`` (the first stage at
+        stride 1, the first block of every later stage at stride 2)."""
+        if block not in ("basic", "bottleneck"):
+            raise ValueError(f"unknown block {block!r}; valid values: basic, bottleneck")
+        for stage, (blocks, p) in enumerate(zip(stage_sizes, planes)):
+            for b in range(blocks):
+                strides = 2 if stage > 0 and b == 0 else 1
+                prefix = f"layer{stage + 1}_block{b}"
+                if block == "basic":
+                    x = self.basic_block(x, p, strides, train, prefix)
+                else:
+                    x = self.bottleneck_block(x, p, strides, train, prefix, base_width)
+        return x
+
     def head(self, x):
         # AP4 on the final 4x4 CIFAR map is the global average; ImageNet uses GAP (SPEC 5.4-5.6).
         return self.logits(self.dense(self.num_classes, name="classifier")(global_avg_pool(x)))
 
 
 class CifarResNet(_ResNetBase):
-    """CIFAR ResNets with BasicBlocks: cResNet18/34 (SPEC 5.4) and cResNet20...110 (SPEC 5.5).
+    """CIFAR ResNets: cResNet18/34 (SPEC 5.4), cResNet20...110 (SPEC 5.5) with BasicBlocks,
+    and cResNet50/101/152 with Bottlenecks.
 
     Stem C3(3->w0) BN act, stages of ``stage_sizes`` blocks with ``stage_widths`` (first
     stage stride 1, later ones stride 2), GAP, classifier. For the small ResNets (widths
     16/32/64) this uses global average pooling and ``num_classes`` logits, the project's
     fix of the reference's 40-logit head (SPEC decisions, item 21).
+
+    ``block="bottleneck"`` is the reference's CIFAR ``Bottleneck`` (models/resnet_cifar.py,
+    which SPEC 5.4 names but does not spell out; no config of the paper uses it):
+    C1(in->w) BN act C3(w->w, s) BN act C1(w->4w) BN, plus the shortcut, then act, with
+    the stride on the 3x3 and a C1+BN projection whenever the shape changes (so also in
+    the first block of stage 1, where 64 channels become 256). That is the v1.5 block the
+    ImageNet ResNet-50 uses, at base width 64.
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     stage_widths: Sequence[int] = (64, 128, 256, 512)
+    block: str = "basic"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = self.conv(self.stage_widths[0], 3, name="conv1")(x)
         x = self.act(self.norm(train, name="bn1")(x))
-        for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-            for block in range(blocks):
-                strides = 2 if stage > 0 and block == 0 else 1
-                x = self.basic_block(x, width, strides, train, f"layer{stage + 1}_block{block}")
+        x = self.stages(x, self.stage_sizes, self.stage_widths, self.block, 64, train)
         return self.head(x)
 
 
@@ -121,17 +143,9 @@ class ImageNetResNet(_ResNetBase):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if self.block not in ("basic", "bottleneck"):
-            raise ValueError(f"unknown block {self.block!r}; valid values: basic, bottleneck")
         x = self.stem(x, train)
-        for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_planes())):
-            for block in range(blocks):
-                strides = 2 if stage > 0 and block == 0 else 1
-                prefix = f"layer{stage + 1}_block{block}"
-                if self.block == "basic":
-                    x = self.basic_block(x, planes, strides, train, prefix)
-                else:
-                    x = self.bottleneck_block(x, planes, strides, train, prefix, self.base_width)
+        x = self.stages(x, self.stage_sizes, self.stage_planes(), self.block, self.base_width,
+                        train)
         return self.head(x)
 
 
@@ -160,9 +174,16 @@ class WideResNet34(ImageNetResNet):
 _CIFAR_SMALL = (16, 32, 64)
 for _depth in (20, 32, 44, 56, 110):
     _n = (_depth - 2) // 6
-    register(f"resnet{_depth}_cifar", CifarResNet, stage_sizes=(_n,) * 3, stage_widths=_CIFAR_SMALL)
-register("resnet18_cifar", CifarResNet, stage_sizes=(2, 2, 2, 2), stage_widths=(64, 128, 256, 512))
-register("resnet34_cifar", CifarResNet, stage_sizes=(3, 4, 6, 3), stage_widths=(64, 128, 256, 512))
+    register(f"resnet{_depth}_cifar", CifarResNet, stage_sizes=(_n,) * 3, stage_widths=_CIFAR_SMALL,
+             block="basic")
+register("resnet18_cifar", CifarResNet, stage_sizes=(2, 2, 2, 2), stage_widths=(64, 128, 256, 512),
+         block="basic")
+register("resnet34_cifar", CifarResNet, stage_sizes=(3, 4, 6, 3), stage_widths=(64, 128, 256, 512),
+         block="basic")
+# cResNet50/101/152 (reference models/resnet_cifar.py; no config of the paper uses them).
+for _depth, _sizes in ((50, (3, 4, 6, 3)), (101, (3, 4, 23, 3)), (152, (3, 8, 36, 3))):
+    register(f"resnet{_depth}_cifar", CifarResNet, stage_sizes=_sizes,
+             stage_widths=(64, 128, 256, 512), block="bottleneck")
 
 _IMAGENET_FIXED = dict(planes=(64, 128, 256, 512), pool_before_act=False)
 register("resnet18", ImageNetResNet, stage_sizes=(2, 2, 2, 2), block="basic", base_width=64,
@@ -188,4 +209,4 @@ register("wrn18_2", WideResNet34, stage_sizes=(2, 2, 2, 2), block="basic", base_
          planes=(64, 128, 256, 512), pool_before_act=True, widen_factor=2)
 # cWideResNet18_2 (SPEC 5.4, "other CIFAR entries"): cResNet18 with stage widths 64/192/384/768.
 register("wrn18_2_cifar", CifarResNet, stage_sizes=(2, 2, 2, 2),
-         stage_widths=(64, 192, 384, 768))
+         stage_widths=(64, 192, 384, 768), block="basic")

@@ -141,8 +141,10 @@ class WideResNetV2(WideResNet34):
 
 
 _WIDTHS = (64, 128, 256, 512)
-register("resnet18_cifar_v2", CifarResNetV2, stage_sizes=(2, 2, 2, 2), stage_widths=_WIDTHS)
-register("resnet34_cifar_v2", CifarResNetV2, stage_sizes=(3, 4, 6, 3), stage_widths=_WIDTHS)
+register("resnet18_cifar_v2", CifarResNetV2, stage_sizes=(2, 2, 2, 2), stage_widths=_WIDTHS,
+         block="basic")
+register("resnet34_cifar_v2", CifarResNetV2, stage_sizes=(3, 4, 6, 3), stage_widths=_WIDTHS,
+         block="basic")
 
 _IMAGENET_FIXED = dict(planes=_WIDTHS, pool_before_act=True)  # the stem is _stem_v2 either way
 register("resnet18_v2", ImageNetResNetV2, stage_sizes=(2, 2, 2, 2), block="basic", base_width=64,
@@ -163,4 +165,4 @@ register("wrn34_3_v2", WideResNetV2, stage_sizes=(3, 4, 6, 3), block="basic", ba
 register("wrn18_2_v2", WideResNetV2, stage_sizes=(2, 2, 2, 2), block="basic", base_width=64,
          widen_factor=2, **_IMAGENET_FIXED)
 register("wrn18_2_cifar_v2", CifarResNetV2, stage_sizes=(2, 2, 2, 2),
-         stage_widths=(64, 192, 384, 768))
+         stage_widths=(64, 192, 384, 768), block="basic")
