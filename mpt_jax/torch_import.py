@@ -7,11 +7,12 @@ A reference ``model_best.pth`` holds (under ``state_dict``, keys possibly prefix
 
 Mapping (SPEC 5.0): the reference registers its modules in the order they run (Conv-n:
 ``convs.<i>`` then ``linear.<i>``; CIFAR ResNets: ``conv1``, ``bn1``,
-``layer<s>.<b>.conv1/bn1/conv2/bn2`` (``/conv3/bn3`` in bottlenecks), ``shortcut.0/1``, ``fc``; ImageNet / WRN BinAct:
-the same with ``downsample.0/1``; VGG: ``convs.<i>``, ``linear.0``), which is the call order
-of the mpt_jax models. Prunable layers and BatchNorm layers are therefore matched in order,
-separately, and every converted shape is checked against the mpt_jax model, so a wrong
-``--model`` fails with the first mismatching layer instead of loading silently.
+``layer<s>.<b>.conv1/bn1/conv2/bn2`` (``/conv3/bn3`` in bottlenecks), ``shortcut.0/1``,
+``fc``; ImageNet / WRN BinAct: the same with ``downsample.0/1``; VGG: ``convs.<i>``,
+``linear.0``), which is the call order of the mpt_jax models. Prunable layers and BatchNorm
+layers are therefore matched in order, separately, and every converted shape is checked
+against the mpt_jax model, so a wrong ``--model`` fails with the first mismatching layer
+instead of loading silently.
 
 Layouts: conv OIHW -> HWIO; the "FC" 1x1 convs (O, I, 1, 1) -> dense (I, O); the first FC
 after a flatten takes the reference's channel-major (c, h, w) input order and is permuted
