@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import sys
 from typing import Any, Iterable
 
 import ml_collections
@@ -439,3 +441,26 @@ def flag_error_message(error: Exception, argv) -> str:
         return (f"unknown config field in {arg!r}: the config has no field {key!r}{hint} (see "
                 "config_utils.base_config and the config file for valid fields)")
     return text
+
+
+def parse_command_line(flag_values, argv, config_default: str | None = None) -> None:
+    """Parses ``argv`` into the absl ``flag_values`` as a fresh command line.
+
+    Every flag starts from its default, not from a previous call's value (a notebook or a
+    test calling ``main.run`` / ``ticket.main`` twice in one process). ml_collections
+    registers the ``--config.<field>`` override flags from ``sys.argv`` while it parses
+    ``--config``, so ``sys.argv`` is ``argv`` meanwhile and the previous call's override
+    flags are dropped first; without a ``--config`` in ``argv``, ``config_default`` is
+    parsed as if given (a flag's default is parsed once, and overrides edit that object).
+    """
+    argv = list(argv)
+    if config_default and not any(re.match(r"-{1,2}config(=|$)", a) for a in argv[1:]):
+        argv.insert(1, f"--config={config_default}")
+    saved_argv, sys.argv = sys.argv, argv
+    try:
+        for name in [n for n in flag_values if n.startswith("config.")]:
+            delattr(flag_values, name)
+        flag_values.unparse_flags()
+        flag_values(argv)
+    finally:
+        sys.argv = saved_argv

@@ -23,16 +23,20 @@ from mpt_jax.errors import Interrupted, UserError, one_line
 FLAGS = flags.FLAGS
 
 
+def _default_config() -> str:
+    default = "configs/default.py"  # the embedded default, also when run outside the repo
+    if not os.path.exists(default):
+        default = os.path.join(os.path.dirname(os.path.dirname(__file__)), default)
+    return default
+
+
 def _define_flags() -> None:
     # Defined inside run(): config_flags reads --config.* overrides while the flag is defined,
     # and a bad override must become a one-line error, not an import-time traceback.
     if "config" in FLAGS:
         return
-    default = "configs/default.py"  # the embedded default, also when run outside the repo
-    if not os.path.exists(default):
-        default = os.path.join(os.path.dirname(os.path.dirname(__file__)), default)
     config_flags.DEFINE_config_file(
-        "config", default, "Experiment config file (configs/*.py); fields can be overridden "
+        "config", _default_config(), "Experiment config file (configs/*.py); fields can be overridden "
         "with --config.<field>=<value>.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, "
                         "tensorboard/); default runs/<config file stem>.")
@@ -71,19 +75,7 @@ def resume_command(argv: list[str], workdir: str) -> str:
 def run(argv: list[str]) -> int:
     try:
         _define_flags()
-        # absl's FLAGS are process-wide: a second run() in one process (a notebook) would
-        # otherwise keep the previous call's --workdir. The config is re-read on every parse,
-        # its --config.* override flags registered from sys.argv (ml_collections), so that
-        # must be ``argv`` while parsing for run(argv) to work from Python.
-        for name in ("workdir", "multihost"):
-            FLAGS[name].unparse()
-        for name in [n for n in FLAGS if n.startswith("config.")]:
-            delattr(FLAGS, name)  # the previous call's override flags, registered anew below
-        saved_argv, sys.argv = sys.argv, list(argv)
-        try:
-            FLAGS(argv)
-        finally:
-            sys.argv = saved_argv
+        config_utils.parse_command_line(FLAGS, argv, config_default=_default_config())
         config = FLAGS.config
         config.keys()  # a config file that failed to load raises here
     except (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError) as e:

@@ -991,32 +991,48 @@ def compare_with_run(ticket: Ticket, workdir: str, which: str, images) -> float:
 # Command line
 
 
+_FLAGS = None
+
+
 def _define_flags():
+    """This command's own flags (not absl's global FLAGS, where ``python -m mpt_jax.main``
+    defines a --config of its own: a notebook may call both)."""
+    global _FLAGS
     from absl import flags
     from ml_collections import config_flags
 
-    if "ticket" in flags.FLAGS:
-        return flags.FLAGS
+    if _FLAGS is not None:
+        return _FLAGS
+    F = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "Config (configs/*.py) of the evaluation "
-                                    "data; --config.<field>=... overrides.", lock_config=False)
+                                    "data; --config.<field>=... overrides.", flag_values=F,
+                                    lock_config=False)
     flags.DEFINE_string("workdir", None, "Training run directory (export; evaluate/summary "
-                        "compare with it).")
-    flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint of the run.")
-    flags.DEFINE_string("out", None, "Output ticket file (export, import-torch).")
-    flags.DEFINE_string("ticket", None, "Ticket file (evaluate, summary).")
+                        "compare with it).", flag_values=F)
+    flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint of the run.",
+                      flag_values=F)
+    flags.DEFINE_string("out", None, "Output ticket file (export, import-torch).", flag_values=F)
+    flags.DEFINE_string("ticket", None, "Ticket file (evaluate, summary).", flag_values=F)
     flags.DEFINE_enum("mode", "seed", list(MODES), "seed: regenerate W from the run's PRNG key "
-                      "(<= 1.1 bits/weight); signs: store the kept sign bits (<= 2.2).")
-    flags.DEFINE_enum("bn_dtype", "float32", list(BN_DTYPES), "Storage dtype of BN arrays.")
-    flags.DEFINE_list("image_shape", None, "H,W,C when the dataset does not imply it.")
-    flags.DEFINE_bool("json", False, "summary: machine-readable JSON on stdout.")
-    flags.DEFINE_string("checkpoint", None, "import-torch: PyTorch checkpoint (.pth).")
-    flags.DEFINE_string("model", None, "import-torch: mpt_jax model name (e.g. resnet18_cifar).")
-    flags.DEFINE_float("keep_fraction", None, "import-torch: the run's prune_rate (fraction KEPT).")
+                      "(<= 1.1 bits/weight); signs: store the kept sign bits (<= 2.2).",
+                      flag_values=F)
+    flags.DEFINE_enum("bn_dtype", "float32", list(BN_DTYPES), "Storage dtype of BN arrays.",
+                      flag_values=F)
+    flags.DEFINE_list("image_shape", None, "H,W,C when the dataset does not imply it.",
+                      flag_values=F)
+    flags.DEFINE_bool("json", False, "summary: machine-readable JSON on stdout.", flag_values=F)
+    flags.DEFINE_string("checkpoint", None, "import-torch: PyTorch checkpoint (.pth).",
+                        flag_values=F)
+    flags.DEFINE_string("model", None, "import-torch: mpt_jax model name (e.g. resnet18_cifar).",
+                        flag_values=F)
+    flags.DEFINE_float("keep_fraction", None, "import-torch: the run's prune_rate (fraction "
+                       "KEPT).", flag_values=F)
     flags.DEFINE_string("model_options", "{}", "import-torch: JSON of extra get_model options, "
-                        "e.g. '{\"width_mult\": 10}'.")
+                        "e.g. '{\"width_mult\": 10}'.", flag_values=F)
     flags.DEFINE_integer("num_classes", None, "import-torch: classifier outputs (default: from "
-                         "the checkpoint).")
-    return flags.FLAGS
+                         "the checkpoint).", flag_values=F)
+    _FLAGS = F
+    return F
 
 
 USAGE = """usage: python -m mpt_jax.ticket COMMAND [flags]
@@ -1127,12 +1143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command = argv.pop(1)
     F = _define_flags()
+    from mpt_jax import config_utils
     from mpt_jax.errors import UserError, one_line
     try:
-        # absl's FLAGS are process-wide: a second main() in one process (a notebook, the
-        # tests) would otherwise inherit the previous call's --image_shape, --json, ...
-        F.unparse_flags()
-        F(argv)
+        config_utils.parse_command_line(F, argv)
         return COMMANDS[command](F)
     except (TicketError, UserError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

@@ -175,3 +175,18 @@ def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
     assert (b["epochs_completed"], b["seed"]) == (1, 4)
     assert sorted(os.listdir(tmp_path)) == ["a", "b", "runs"]
     assert not jax.config.jax_compilation_cache_dir
+    # Without --config: the embedded default, each time with only this call's overrides.
+    off = "--config.compilation_cache=False"
+    assert main.run(["m", "--workdir=d", "--config.num_epochs=1", "--config.max_train_steps=2",
+                     off]) == 0
+    assert main.FLAGS.config.num_epochs == 1 and main.FLAGS.config.model == "mlp"
+    assert main.run(["m", "--workdir=e", "--config.max_train_steps=2", off]) == 0
+    assert main.FLAGS.config.num_epochs == 10 and result("e")["global_step"] == 2
+    # The ticket command in the same process (its own flags, its own --config).
+    from mpt_jax import ticket
+
+    assert ticket.main(["ticket", "export", "--workdir=a", "--out=a.mptk"]) == 0
+    assert ticket.main(["ticket", "evaluate", "--ticket=a.mptk", f"--config={smoke}",
+                        "--config.eval_batch_size=32"]) == 0
+    assert f"run recorded {a['final_top1']:.2f}%" in capsys.readouterr().out
+
