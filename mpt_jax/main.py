@@ -1,6 +1,7 @@
 """Command line: ``python -m mpt_jax.main --config=configs/<name>.py [--workdir=DIR]``.
 
-``--config.<field>=<value>`` overrides any config field; rerunning with the same workdir resumes
+``--config.<field>=<value>`` overrides any config field (``--help`` lists them with their
+values for the given config); rerunning with the same workdir resumes
 (a finished run prints its stored result at once). User errors (bad config, data or workdir)
 print ``error: <one line>`` to stderr and exit with status 2, without a traceback. Exit codes
 (issue 4): 0 done; 2 bad input; 3 non-finite loss / gradients (the last good checkpoint is
@@ -72,14 +73,43 @@ def resume_command(argv: list[str], workdir: str) -> str:
                        f"--workdir={os.path.abspath(workdir)}"])
 
 
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def help_text(config) -> str:
+    """``--help``: the flags and every field of the selected config with its value."""
+    lines = ["usage: python -m mpt_jax.main [--config=configs/<name>.py] [--workdir=DIR] "
+             "[--config.<field>=<value> ...]", "", "flags:"]
+    for name in ("config", "workdir", "multihost"):
+        flag = FLAGS[name]
+        default = _default_config() if name == "config" else flag.default
+        lines.append(f"  --{name}: {flag.help} (default: {default})")
+    lines += ["", "config fields of this config (override with --config.<field>=<value>):"]
+
+    def walk(prefix, value):
+        if hasattr(value, "items"):
+            for key, item in sorted(value.items()):
+                walk(f"{prefix}.{key}", item)
+        else:
+            lines.append(f"  --config{prefix}={value!r}")
+
+    walk("", config)
+    return "\n".join(lines)
+
+
 def run(argv: list[str]) -> int:
+    wants_help = any(a in HELP_FLAGS for a in argv[1:])
     try:
         _define_flags()
-        config_utils.parse_command_line(FLAGS, argv, config_default=_default_config())
+        config_utils.parse_command_line(FLAGS, [a for a in argv if a not in HELP_FLAGS],
+                                        config_default=_default_config())
         config = FLAGS.config
         config.keys()  # a config file that failed to load raises here
     except (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError) as e:
         return _fail(config_utils.flag_error_message(e, argv))
+    if wants_help:
+        print(help_text(config))
+        return 0
     from mpt_jax import parallel, train  # noqa: PLC0415  (jax starts after flag parsing)
 
     config_file = config_flags.get_config_filename(FLAGS["config"]).split(":")[0]

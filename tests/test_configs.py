@@ -190,3 +190,20 @@ def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
                         "--config.eval_batch_size=32"]) == 0
     assert f"run recorded {a['final_top1']:.2f}%" in capsys.readouterr().out
 
+
+def test_help_lists_flags_and_config_fields(tmp_path, monkeypatch, capsys):
+    """``--help`` prints the flags and every field of the given config with its value, and
+    trains nothing."""
+    from mpt_jax import main
+
+    monkeypatch.chdir(tmp_path)
+    smoke = os.path.join(ROOT, "configs", "smoke.py")
+    assert main.run(["m", f"--config={smoke}", "--config.keep_fraction=0.25", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m mpt_jax.main")
+    for line in ("  --workdir: ", "  --config.keep_fraction=0.25\n", "  --config.num_epochs=2\n",
+                 "  --config.model='mlp'\n", "  --config.model_options.hidden=(32,)\n"):
+        assert line in out
+    assert main.run(["m", "-h"]) == 0
+    assert "  --config.num_epochs=10\n" in capsys.readouterr().out  # configs/default.py
+    assert os.listdir(tmp_path) == []
