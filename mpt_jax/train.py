@@ -364,7 +364,8 @@ def result_line(result: dict) -> str:
     return (f"final accuracy: top-1 {result['final_top1']:.2f}% "
             f"(top-5 {result['final_top5']:.2f}%), best top-1 {result['best_top1']:.2f}% "
             f"at epoch {result['best_epoch']}; eval split: {result['eval_split']}; "
-            f"{result['epochs_completed']} epochs / {result['global_step']} steps")
+            f"{result['epochs_completed']} epoch{'' if result['epochs_completed'] == 1 else 's'}"
+            f" / {result['global_step']} steps")
 
 
 def _print(*args, **kwargs):

@@ -165,6 +165,7 @@ def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
             return json.load(f)
 
     assert run("--workdir=a", "--config.num_epochs=1") == 0
+    assert capsys.readouterr().out.rstrip().endswith("; 1 epoch / 22 steps")
     assert run("--config.max_train_steps=3") == 0
     assert run("--workdir=b", "--config.num_epochs=1", "--config.seed=4") == 0
     assert run("--workdir=c", "--config.bogus=1") == 2
