@@ -37,8 +37,8 @@ def _define_flags() -> None:
     if "config" in FLAGS:
         return
     config_flags.DEFINE_config_file(
-        "config", _default_config(), "Experiment config file (configs/*.py); fields can be overridden "
-        "with --config.<field>=<value>.", lock_config=True)
+        "config", _default_config(), "Experiment config file (configs/*.py); fields can be "
+        "overridden with --config.<field>=<value>.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, "
                         "tensorboard/); default runs/<config file stem>.")
     flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (also triggered "

@@ -156,9 +156,10 @@ def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     smoke = os.path.join(ROOT, "configs", "smoke.py")
 
-    def run(*args):
+    def run(*args, config=smoke):
         # No persistent compilation cache: run() would switch it on for the test session.
-        return main.run(["m", f"--config={smoke}", *args, "--config.compilation_cache=False"])
+        head = ["m", f"--config={config}"] if config else ["m"]
+        return main.run([*head, *args, "--config.compilation_cache=False"])
 
     def result(workdir):
         with open(os.path.join(workdir, "result.json")) as f:
@@ -177,11 +178,10 @@ def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
     assert sorted(os.listdir(tmp_path)) == ["a", "b", "runs"]
     assert not jax.config.jax_compilation_cache_dir
     # Without --config: the embedded default, each time with only this call's overrides.
-    off = "--config.compilation_cache=False"
-    assert main.run(["m", "--workdir=d", "--config.num_epochs=1", "--config.max_train_steps=2",
-                     off]) == 0
+    assert run("--workdir=d", "--config.num_epochs=1", "--config.max_train_steps=2",
+               config=None) == 0
     assert main.FLAGS.config.num_epochs == 1 and main.FLAGS.config.model == "mlp"
-    assert main.run(["m", "--workdir=e", "--config.max_train_steps=2", off]) == 0
+    assert run("--workdir=e", "--config.max_train_steps=2", config=None) == 0
     assert main.FLAGS.config.num_epochs == 10 and result("e")["global_step"] == 2
     # The ticket command in the same process (its own flags, its own --config).
     from mpt_jax import ticket
