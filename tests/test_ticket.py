@@ -100,6 +100,17 @@ def test_float16_batchnorm_storage(runs):
                                np.asarray(T.predict_fn(t32)(images)), rtol=0.05, atol=0.05)
 
 
+def reference_mask(scores):
+    """Float64 SPEC 1.2 reference: the kept count n - floor((1 - k) n) of the largest |s|,
+    ties to the lowest flat index. Returns (flat mask, descending flat order, kept count)."""
+    n = scores.size
+    kept = n - math.floor((1.0 - KEEP) * n)
+    order = np.argsort(-np.abs(scores).reshape(-1), kind="stable")
+    mask = np.zeros(n, bool)
+    mask[order[:kept]] = True
+    return mask, order, kept
+
+
 def test_mask_and_alpha_match_float64_reference(runs):
     """Independent NumPy float64 reference of SPEC 1.2/1.3 (kept count, top-|s|, mean |W|)."""
     name, opts, shape, key, variables = runs["conv2_binact"]
@@ -110,12 +121,7 @@ def test_mask_and_alpha_match_float64_reference(runs):
     for lt in ticket.layers:
         s = np.asarray(params[lt.path[0]]["scores"], np.float64)
         w = np.asarray(frozen[lt.path[0]]["weight"], np.float64)
-        n = s.size
-        kept = n - math.floor((1.0 - KEEP) * n)
-        order = np.argsort(-np.abs(s).reshape(-1), kind="stable")
-        mask = np.zeros(n, bool)
-        mask[order[:kept]] = True
-        mask = mask.reshape(s.shape)
+        mask = reference_mask(s)[0].reshape(s.shape)
         np.testing.assert_array_equal(lt.mask, mask)
         alpha = np.abs(w)[mask].mean()
         np.testing.assert_allclose(float(lt.alpha), alpha, rtol=2e-6)
@@ -134,11 +140,8 @@ def test_kept_weight_that_is_exactly_zero(runs, tmp_path):
     name, opts, shape, key, variables = runs["conv2_binact"]
     layer = "conv1"
     params, frozen = variables["params"], dict(variables["frozen"])
-    s = np.asarray(params[layer]["scores"], np.float64)
+    mask, order, kept = reference_mask(np.asarray(params[layer]["scores"], np.float64))
     w = np.array(frozen[layer]["weight"], np.float32)
-    n = s.size
-    kept = n - math.floor((1.0 - KEEP) * n)
-    order = np.argsort(-np.abs(s).reshape(-1), kind="stable")
     zeroed = order[[0, 5, kept - 1]]  # three kept entries, the last one at the threshold
     w.reshape(-1)[zeroed] = 0.0
     frozen[layer] = dict(weight=jnp.asarray(w))
@@ -147,10 +150,8 @@ def test_kept_weight_that_is_exactly_zero(runs, tmp_path):
     ref = _logits(name, opts, variables, images)
     ticket = T.make_ticket(name, opts, variables, shape, mode="signs")
     lt = ticket.layer(layer)
-    mask = np.zeros(n, bool)
-    mask[order[:kept]] = True
-    np.testing.assert_allclose(float(lt.alpha), np.abs(w.astype(np.float64)).reshape(-1)[mask].mean(),
-                               rtol=2e-6)
+    alpha = np.abs(w.astype(np.float64)).reshape(-1)[mask].mean()  # zeros included
+    np.testing.assert_allclose(float(lt.alpha), alpha, rtol=2e-6)
     mask[zeroed] = False
     np.testing.assert_array_equal(lt.mask.reshape(-1), mask)
     assert lt.kept == kept - 3
