@@ -20,21 +20,39 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(workdirs: list[str], out: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("plotting needs matplotlib: pip install -e '.[plot]'") from None
+    matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
+    return plt
+
+
+def curve_series(workdir: str) -> dict:
+    """{"train": [(step, loss)], "eval": [(epoch, top1)]} from <workdir>/metrics.jsonl."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} not found: pass the --workdir of an mpt_jax.main run")
+    records = read_jsonl(path)
+    return {"train": [(r["step"], r["loss"]) for r in records
+                      if r.get("split") == "train" and "loss" in r],
+            "eval": [(r["epoch"], r["top1"]) for r in records
+                     if r.get("split") == "eval" and "top1" in r]}
+
+
+def plot_curves(workdirs: list[str], out: str) -> None:
+    plt = _pyplot()
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for workdir in workdirs:
-        records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        series = curve_series(workdir)
         label = os.path.basename(os.path.normpath(workdir))
-        train = [r for r in records if r.get("split") == "train" and "loss" in r]
-        evals = [r for r in records if r.get("split") == "eval" and "top1" in r]
-        if train:
-            ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=label)
-        if evals:
-            ax_acc.plot([r["epoch"] for r in evals], [r["top1"] for r in evals], marker="o", label=label)
+        if series["train"]:
+            ax_loss.plot(*zip(*series["train"]), label=label)
+        if series["eval"]:
+            ax_acc.plot(*zip(*series["eval"]), marker="o", label=label)
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="held-out top-1 (%)")
     for ax in (ax_loss, ax_acc):
@@ -45,15 +63,16 @@ def plot_curves(workdirs: list[str], out: str) -> None:
     print(f"wrote {out}")
 
 
-def plot_sweep(root: str, out: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def sweep_series(root: str, metric: str = "best_top1") -> dict:
+    """{label: [(% pruned, top-1), ...] sorted by % pruned} from <root>/results.csv; only the
+    points that finished (status "done"; csvs without a status column: every row)."""
+    path = os.path.join(root, "results.csv")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} not found: run experiments/sweep.py --root={root} first")
     series = collections.defaultdict(list)
-    with open(os.path.join(root, "results.csv")) as f:
+    with open(path) as f:
         for row in csv.DictReader(f):
-            if not row.get("best_top1"):
+            if row.get("status", "done") != "done" or not row.get(metric):
                 continue
             label = os.path.splitext(os.path.basename(row["config"]))[0]
             if row.get("model_options.width_mult"):
@@ -61,12 +80,18 @@ def plot_sweep(root: str, out: str) -> None:
             if row.get("model"):
                 label = row["model"]
             pruned = 100.0 * (1.0 - float(row["keep_fraction"]))
-            series[label].append((pruned, float(row["best_top1"])))
+            series[label].append((pruned, float(row[metric])))
+    return {label: sorted(points) for label, points in sorted(series.items())}
+
+
+def plot_sweep(root: str, out: str, metric: str = "best_top1") -> None:
+    plt = _pyplot()
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, points in sorted(series.items()):
-        points.sort()
-        ax.plot([p for p, _ in points], [a for _, a in points], marker="o", label=label)
-    ax.set(xlabel="% of weights pruned", ylabel="best held-out top-1 (%)")
+    for label, points in sweep_series(root, metric).items():
+        ax.plot(*zip(*points), marker="o", label=label)
+    ax.set(xlabel="% of weights pruned",
+           ylabel=("best" if metric == "best_top1" else "final") + " held-out top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -83,11 +108,12 @@ def main(argv=None) -> int:
     sweep = sub.add_parser("sweep")
     sweep.add_argument("root")
     sweep.add_argument("--out", default="sweep.png")
+    sweep.add_argument("--metric", choices=("best_top1", "final_top1"), default="best_top1")
     args = parser.parse_args(argv)
     if args.command == "curves":
         plot_curves(args.workdirs, args.out)
     else:
-        plot_sweep(args.root, args.out)
+        plot_sweep(args.root, args.out, args.metric)
     return 0
 
 
