@@ -108,7 +108,7 @@ def run(argv: list[str]) -> int:
     except (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError) as e:
         return _fail(config_utils.flag_error_message(e, argv))
     if wants_help:
-        print(help_text(config))
+        _print_help(help_text(config))
         return 0
     from mpt_jax import parallel, train  # noqa: PLC0415  (jax starts after flag parsing)
 
@@ -137,6 +137,15 @@ def run(argv: list[str]) -> int:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     return 0
+
+
+def _print_help(text: str) -> None:
+    """Prints the help; a reader that stops early (``--help | head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and print a second BrokenPipeError.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _main_thread() -> bool:
