@@ -19,7 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mpt_jax import config_utils
-from mpt_jax.errors import Interrupted, UserError, one_line
+from mpt_jax.errors import Interrupted, UserError, one_line, stdout_closed
 
 FLAGS = flags.FLAGS
 
@@ -144,8 +144,7 @@ def _print_help(text: str) -> None:
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        # Python would flush stdout again at exit and print a second BrokenPipeError.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        stdout_closed()
 
 
 def _main_thread() -> bool:

@@ -1144,10 +1144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv.pop(1)
     F = _define_flags()
     from mpt_jax import config_utils
-    from mpt_jax.errors import UserError, one_line
+    from mpt_jax.errors import UserError, one_line, stdout_closed
     try:
         config_utils.parse_command_line(F, argv)
         return COMMANDS[command](F)
+    except BrokenPipeError:  # `ticket summary ... | head`: output is printed after the work
+        stdout_closed()
+        return 0
     except (TicketError, UserError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
