@@ -1,39 +1,50 @@
 #!/usr/bin/env bash
-# All the GPU work of one session in ONE `run` call (the device budget is 15 min a session,
-# 10 min a call): the end-to-end run (benchmarks/run_gpu_e2e.sh) first, then the table groups
-# of benchmarks/run_gpu.sh in the time that is left, then both summaries.
+# All the GPU work of a session in TWO calls of ~5.5 min (the device budget is 15 min a
+# session, the machine's start included, and the device README asks for a script that
+# leaves time to rerun it): PHASE=1 (default) what closes issue 6's open rows, PHASE=2 the
+# rest. If phase 1 fails, rerun phase 1 instead of starting phase 2.
 #
-#   run(command="bash benchmarks/run_gpu_all.sh", carry=[".whl", ".gpu_data"], timeout_s=590)
+#   run(command="bash benchmarks/run_gpu_all.sh", carry=[".whl", ".gpu_data"], timeout_s=340)
+#   run(command="PHASE=2 bash benchmarks/run_gpu_all.sh", carry=[".whl", ".gpu_data"], timeout_s=350)
 #   bash benchmarks/run_gpu_all.sh --dry-run      # this machine's CPU: tests the script
 #
-# Environment: TOTAL_S (default 560) for everything; E2E=0 skips the end-to-end runs;
+# PHASE=1: BENCH_GROUPS "prof34 wrn34b conv4b r18b", no end-to-end run, TOTAL_S 300: the
+#   wrn34_2_binact profile (biprop and dense; its 0.917 of dense is the one missed ratio
+#   target without a profile), then the issue-6 table rows with dense and the peer (on an
+#   H100, the card the targets name, if one is lent: a call naming no kind gets one first).
+# PHASE=2: the end-to-end ResNet-18 run (benchmarks/run_gpu_e2e.sh, at most E2E_TIMEOUT=210
+#   s), then BENCH_GROUPS "wrn50rm" (wrn50_2 with dense and the peer), TOTAL_S 320.
+# Environment (overrides the phase's defaults): TOTAL_S for everything; E2E=0|1;
 # E2E_RUNS (default "default"): space-separated end-to-end runs, each TAG or
 # TAG:--config.a=1,--config.b=2 (overrides, comma-separated), e.g. the ResNet-18 accuracy
 # checks of benchmarks/RESULTS.md in a call of their own:
-#   E2E_RUNS="dense:--config.mode=dense fp32:--config.precision=float32 seed1:--config.seed=1" BENCH_GROUPS=none
+#   E2E=1 E2E_RUNS="dense:--config.mode=dense fp32:--config.precision=float32" BENCH_GROUPS=none TOTAL_S=590
 # (each run's files in $OUT/e2e_<TAG>/ except "default", which writes to $OUT);
-# E2E_TIMEOUT (default 230) bounds each; BENCH_GROUPS (default "prof34 conv4b r18b wrn34b
-# copies digits wrn50rm conv4x r18x": what issue 6 still owes after session 3 (benchmarks/RESULTS.md):
-# the wrn34_2_binact profile, the issue-6 table again (on an H100, if one is lent) with the
-# GPU default mask path, dense and the peer, then the mask experiments; "none" = no table);
-# OUT.
+# E2E_TIMEOUT bounds each; BENCH_GROUPS: benchmarks/run_gpu.sh's groups ("none" = no
+# table; the knob groups copies / digits / conv4x / r18x are described there); OUT.
 set -u
 cd "$(dirname "$0")/.."
 START=$(date +%s)
 DRY=()
 [ "${1:-}" = "--dry-run" ] && DRY=(--dry-run)
-TOTAL_S=${TOTAL_S:-560}
+PHASE=${PHASE:-1}
+case $PHASE in
+  1) E2E=${E2E:-0}; GROUPS_=${BENCH_GROUPS:-"prof34 wrn34b conv4b r18b"}; TOTAL_S=${TOTAL_S:-300} ;;
+  2) E2E=${E2E:-1}; GROUPS_=${BENCH_GROUPS:-"wrn50rm"}; TOTAL_S=${TOTAL_S:-320} ;;
+  *) echo "PHASE must be 1 or 2, got $PHASE" >&2; exit 2 ;;
+esac
+echo "=== run_gpu_all.sh phase $PHASE: groups '$GROUPS_', end-to-end $E2E, budget ${TOTAL_S}s"
 export OUT=${OUT:-$PWD/bench_out}
 mkdir -p "$OUT"
 SUMMARIES=()
-if [ "${E2E:-1}" = 1 ]; then
+if [ "$E2E" = 1 ]; then
   for spec in ${E2E_RUNS:-default}; do
     tag=${spec%%:*}
     overrides=()
     [ "$spec" != "$tag" ] && IFS=',' read -r -a overrides <<< "${spec#*:}"
     out=$OUT; [ "$tag" != default ] && out=$OUT/e2e_$tag
     mkdir -p "$out"
-    OUT=$out WORKDIR=/tmp/mpt_e2e_$tag E2E_TIMEOUT=${E2E_TIMEOUT:-230} \
+    OUT=$out WORKDIR=/tmp/mpt_e2e_$tag E2E_TIMEOUT=${E2E_TIMEOUT:-210} \
       bash benchmarks/run_gpu_e2e.sh "${DRY[@]}" --config.checkpoint_every_epochs=25 \
       "${overrides[@]}"
     echo "=== end-to-end $tag exit status $? after $(( $(date +%s) - START ))s"
@@ -41,7 +52,6 @@ if [ "${E2E:-1}" = 1 ]; then
   done
 fi
 LEFT=$(( TOTAL_S - ($(date +%s) - START) ))
-GROUPS_=${BENCH_GROUPS:-"prof34 conv4b r18b wrn34b copies digits wrn50rm conv4x r18x"}
 if [ "$GROUPS_" != none ]; then
   BUDGET_S=$LEFT BENCH_GROUPS=$GROUPS_ bash benchmarks/run_gpu.sh "${DRY[@]}"
 fi
