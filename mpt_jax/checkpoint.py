@@ -186,7 +186,6 @@ class Checkpointer:
         """Restores (state, meta) of the newest save into the structure of ``template_state``
         (arrays placed with the template's dtypes and shardings; any device count)."""
         from flax import serialization  # noqa: PLC0415
-        ocp = _ocp()
         mngr = self._manager(which)
         step = mngr.latest_step()
         if step is None:

@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import sys
 from typing import Any, Iterable
 
 import ml_collections
 from ml_collections import config_dict
 
-from mpt_jax.errors import ConfigError, one_line
+from mpt_jax.errors import ConfigError
 
 MODES = ("biprop", "edgepopup", "dense", "binary_trained")
 DATASETS = ("digits", "cifar10", "mnist", "imagenet2012", "image_folder")
@@ -421,46 +419,3 @@ def fingerprint_diff(saved: dict, current: dict) -> str:
     parts = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
              for k in keys if saved.get(k) != current.get(k)]
     return "; ".join(parts)
-
-
-def flag_error_message(error: Exception, argv) -> str:
-    """One clear line for flag / config-file errors (config_flags' own are multi-line)."""
-    text = one_line(error)
-    if "Failed loading config file" in text or "earlier failure to load" in text:
-        return f"cannot load the config file: {text.split('Attempted')[-1].strip()}"
-    if isinstance(error, (KeyError, AttributeError)):
-        # ml_collections: "'key'\nDid you mean "other" instead of "key"?" (KeyError adds repr).
-        raw = error.args[0] if error.args else text
-        while isinstance(raw, BaseException):  # AttributeError(KeyError(...))
-            raw = raw.args[0] if raw.args else ""
-        raw = str(raw)
-        first, _, hint = raw.partition("\n")
-        key = first.strip("\"' ").split(".")[-1]
-        arg = next((a for a in argv if a.startswith("--config.") and key in a.split("=")[0]), key)
-        hint = f"; {one_line(hint)}" if hint.strip() else ""
-        return (f"unknown config field in {arg!r}: the config has no field {key!r}{hint} (see "
-                "config_utils.base_config and the config file for valid fields)")
-    return text
-
-
-def parse_command_line(flag_values, argv, config_default: str | None = None) -> None:
-    """Parses ``argv`` into the absl ``flag_values`` as a fresh command line.
-
-    Every flag starts from its default, not from a previous call's value (a notebook or a
-    test calling ``main.run`` / ``ticket.main`` twice in one process). ml_collections
-    registers the ``--config.<field>`` override flags from ``sys.argv`` while it parses
-    ``--config``, so ``sys.argv`` is ``argv`` meanwhile and the previous call's override
-    flags are dropped first; without a ``--config`` in ``argv``, ``config_default`` is
-    parsed as if given (a flag's default is parsed once, and overrides edit that object).
-    """
-    argv = list(argv)
-    if config_default and not any(re.match(r"-{1,2}config(=|$)", a) for a in argv[1:]):
-        argv.insert(1, f"--config={config_default}")
-    saved_argv, sys.argv = sys.argv, argv
-    try:
-        for name in [n for n in flag_values if n.startswith("config.")]:
-            delattr(flag_values, name)
-        flag_values.unparse_flags()
-        flag_values(argv)
-    finally:
-        sys.argv = saved_argv

@@ -11,15 +11,14 @@ checkpoint was written (the message holds the command that resumes the run).
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import sys
 
 from absl import flags
 from ml_collections import config_flags
 
-from mpt_jax import config_utils
-from mpt_jax.errors import Interrupted, UserError, one_line, stdout_closed
+from mpt_jax import cli, config_utils
+from mpt_jax.errors import Interrupted, UserError, one_line
 
 FLAGS = flags.FLAGS
 
@@ -58,64 +57,25 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
-def resume_command(argv: list[str], workdir: str) -> str:
-    """The command that resumes this run: the same arguments without ``restart`` (rerunning
-    with --config.restart=True would discard the checkpoint that was just written), with the
-    workdir made absolute so that it works from any directory."""
-    args, skip = [], False
-    for a in argv[1:]:
-        name = a.split("=")[0]
-        if skip or name in ("--config.restart", "--workdir", "-workdir"):
-            skip = a in ("--workdir", "-workdir")  # "--workdir DIR": drop DIR too
-            continue
-        args.append(a)
-    return shlex.join([sys.executable or "python", "-m", "mpt_jax.main", *args,
-                       f"--workdir={os.path.abspath(workdir)}"])
-
-
-HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
-
-
-def help_text(config) -> str:
-    """``--help``: the flags and every field of the selected config with its value."""
-    lines = ["usage: python -m mpt_jax.main [--config=configs/<name>.py] [--workdir=DIR] "
-             "[--config.<field>=<value> ...]", "", "flags:"]
-    for name in ("config", "workdir", "multihost"):
-        flag = FLAGS[name]
-        default = _default_config() if name == "config" else flag.default
-        lines.append(f"  --{name}: {flag.help} (default: {default})")
-    lines += ["", "config fields of this config (override with --config.<field>=<value>):"]
-
-    def walk(prefix, value):
-        if hasattr(value, "items"):
-            for key, item in sorted(value.items()):
-                walk(f"{prefix}.{key}", item)
-        else:
-            lines.append(f"  --config{prefix}={value!r}")
-
-    walk("", config)
-    return "\n".join(lines)
-
-
 def run(argv: list[str]) -> int:
-    wants_help = any(a in HELP_FLAGS for a in argv[1:])
+    wants_help = any(a in cli.HELP_FLAGS for a in argv[1:])
     try:
         _define_flags()
-        config_utils.parse_command_line(FLAGS, [a for a in argv if a not in HELP_FLAGS],
-                                        config_default=_default_config())
+        cli.parse_command_line(FLAGS, [a for a in argv if a not in cli.HELP_FLAGS],
+                               config_default=_default_config())
         config = FLAGS.config
         config.keys()  # a config file that failed to load raises here
     except (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError) as e:
-        return _fail(config_utils.flag_error_message(e, argv))
+        return _fail(cli.flag_error_message(e, argv))
     if wants_help:
-        _print_help(help_text(config))
+        cli.print_help(cli.help_text(FLAGS, config, _default_config()))
         return 0
     from mpt_jax import parallel, train  # noqa: PLC0415  (jax starts after flag parsing)
 
     config_file = config_flags.get_config_filename(FLAGS["config"]).split(":")[0]
     workdir = FLAGS.workdir or os.path.join(
         "runs", os.path.splitext(os.path.basename(config_file))[0])
-    resume = resume_command(argv, workdir)
+    resume = cli.resume_command(argv, workdir)
     old_term = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         parallel.maybe_initialize_distributed(FLAGS.multihost)
@@ -137,14 +97,6 @@ def run(argv: list[str]) -> int:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     return 0
-
-
-def _print_help(text: str) -> None:
-    """Prints the help; a reader that stops early (``--help | head``) is not an error."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        stdout_closed()
 
 
 def _main_thread() -> bool:

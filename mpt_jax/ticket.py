@@ -1143,10 +1143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command = argv.pop(1)
     F = _define_flags()
-    from mpt_jax import config_utils
+    from mpt_jax import cli
     from mpt_jax.errors import UserError, one_line, stdout_closed
     try:
-        config_utils.parse_command_line(F, argv)
+        cli.parse_command_line(F, argv)
         return COMMANDS[command](F)
     except BrokenPipeError:  # `ticket summary ... | head`: output is printed after the work
         stdout_closed()

@@ -19,7 +19,6 @@ import os
 import pathlib
 import sys
 
-import jax
 import ml_collections
 import numpy as np
 import pytest

@@ -6,8 +6,6 @@ in its binary-activation form (MPT-1/1).
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Callable
 
 import flax.linen as nn
 

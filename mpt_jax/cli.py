@@ -1,0 +1,101 @@
+"""Command-line plumbing shared by ``python -m mpt_jax.main`` and ``python -m mpt_jax.ticket``:
+parsing a fresh command line (also in a notebook that calls them twice), one-line flag
+errors, ``--help`` with every config field, and the command that resumes a stopped run."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+
+from mpt_jax.errors import one_line, stdout_closed
+
+
+def resume_command(argv: list[str], workdir: str) -> str:
+    """The command that resumes this run: the same arguments without ``restart`` (rerunning
+    with --config.restart=True would discard the checkpoint that was just written), with the
+    workdir made absolute so that it works from any directory."""
+    args, skip = [], False
+    for a in argv[1:]:
+        name = a.split("=")[0]
+        if skip or name in ("--config.restart", "--workdir", "-workdir"):
+            skip = a in ("--workdir", "-workdir")  # "--workdir DIR": drop DIR too
+            continue
+        args.append(a)
+    return shlex.join([sys.executable or "python", "-m", "mpt_jax.main", *args,
+                       f"--workdir={os.path.abspath(workdir)}"])
+
+
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def help_text(flag_values, config, config_default: str) -> str:
+    """``--help``: the flags and every field of the selected config with its value."""
+    lines = ["usage: python -m mpt_jax.main [--config=configs/<name>.py] [--workdir=DIR] "
+             "[--config.<field>=<value> ...]", "", "flags:"]
+    for name in ("config", "workdir", "multihost"):
+        flag = flag_values[name]
+        default = config_default if name == "config" else flag.default
+        lines.append(f"  --{name}: {flag.help} (default: {default})")
+    lines += ["", "config fields of this config (override with --config.<field>=<value>):"]
+
+    def walk(prefix, value):
+        if hasattr(value, "items"):
+            for key, item in sorted(value.items()):
+                walk(f"{prefix}.{key}", item)
+        else:
+            lines.append(f"  --config{prefix}={value!r}")
+
+    walk("", config)
+    return "\n".join(lines)
+
+
+def print_help(text: str) -> None:
+    """Prints the help; a reader that stops early (``--help | head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        stdout_closed()
+
+
+def flag_error_message(error: Exception, argv) -> str:
+    """One clear line for flag / config-file errors (config_flags' own are multi-line)."""
+    text = one_line(error)
+    if "Failed loading config file" in text or "earlier failure to load" in text:
+        return f"cannot load the config file: {text.split('Attempted')[-1].strip()}"
+    if isinstance(error, (KeyError, AttributeError)):
+        # ml_collections: "'key'\nDid you mean "other" instead of "key"?" (KeyError adds repr).
+        raw = error.args[0] if error.args else text
+        while isinstance(raw, BaseException):  # AttributeError(KeyError(...))
+            raw = raw.args[0] if raw.args else ""
+        raw = str(raw)
+        first, _, hint = raw.partition("\n")
+        key = first.strip("\"' ").split(".")[-1]
+        arg = next((a for a in argv if a.startswith("--config.") and key in a.split("=")[0]), key)
+        hint = f"; {one_line(hint)}" if hint.strip() else ""
+        return (f"unknown config field in {arg!r}: the config has no field {key!r}{hint} (see "
+                "config_utils.base_config and the config file for valid fields)")
+    return text
+
+
+def parse_command_line(flag_values, argv, config_default: str | None = None) -> None:
+    """Parses ``argv`` into the absl ``flag_values`` as a fresh command line.
+
+    Every flag starts from its default, not from a previous call's value (a notebook or a
+    test calling ``main.run`` / ``ticket.main`` twice in one process). ml_collections
+    registers the ``--config.<field>`` override flags from ``sys.argv`` while it parses
+    ``--config``, so ``sys.argv`` is ``argv`` meanwhile and the previous call's override
+    flags are dropped first; without a ``--config`` in ``argv``, ``config_default`` is
+    parsed as if given (a flag's default is parsed once, and overrides edit that object).
+    """
+    argv = list(argv)
+    if config_default and not any(re.match(r"-{1,2}config(=|$)", a) for a in argv[1:]):
+        argv.insert(1, f"--config={config_default}")
+    saved_argv, sys.argv = sys.argv, argv
+    try:
+        for name in [n for n in flag_values if n.startswith("config.")]:
+            delattr(flag_values, name)
+        flag_values.unparse_flags()
+        flag_values(argv)
+    finally:
+        sys.argv = saved_argv
