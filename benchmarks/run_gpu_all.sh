@@ -4,14 +4,16 @@
 # leaves time to rerun it): PHASE=1 (default) what closes issue 6's open rows, PHASE=2 the
 # rest. If phase 1 fails, rerun phase 1 instead of starting phase 2.
 #
-#   run(command="bash benchmarks/run_gpu_all.sh", carry=[".whl", ".gpu_data"], timeout_s=340)
+#   run(command="bash benchmarks/run_gpu_all.sh", carry=[".whl", ".gpu_data"], timeout_s=350)
 #   run(command="PHASE=2 bash benchmarks/run_gpu_all.sh", carry=[".whl", ".gpu_data"], timeout_s=350)
 #   bash benchmarks/run_gpu_all.sh --dry-run      # this machine's CPU: tests the script
 #
-# PHASE=1: BENCH_GROUPS "prof34 wrn34b conv4b r18b", no end-to-end run, TOTAL_S 300: the
-#   wrn34_2_binact profile (biprop and dense; its 0.917 of dense is the one missed ratio
+# PHASE=1: BENCH_GROUPS "prof34 wrn34b conv4b r18b digits", no end-to-end run, TOTAL_S 320:
+#   the wrn34_2_binact profile (biprop and dense; its 0.917 of dense is the one missed ratio
 #   target without a profile), then the issue-6 table rows with dense and the peer (on an
-#   H100, the card the targets name, if one is lent: a call naming no kind gets one first).
+#   H100, the card the targets name, if one is lent: a call naming no kind gets one first),
+#   then, if time is left, wrn34_2_binact with the 16+15-bit scatter digits and 8 histogram
+#   copies (KNOB_MODELS=wrn34_2_binact DIGIT_COPIES=8; compared with wrn34b's dense row).
 # PHASE=2: the end-to-end ResNet-18 run (benchmarks/run_gpu_e2e.sh, at most E2E_TIMEOUT=210
 #   s), then BENCH_GROUPS "wrn50rm" (wrn50_2 with dense and the peer), TOTAL_S 320.
 # Environment (overrides the phase's defaults): TOTAL_S for everything; E2E=0|1;
@@ -29,7 +31,9 @@ DRY=()
 [ "${1:-}" = "--dry-run" ] && DRY=(--dry-run)
 PHASE=${PHASE:-1}
 case $PHASE in
-  1) E2E=${E2E:-0}; GROUPS_=${BENCH_GROUPS:-"prof34 wrn34b conv4b r18b"}; TOTAL_S=${TOTAL_S:-300} ;;
+  1) E2E=${E2E:-0}; GROUPS_=${BENCH_GROUPS:-"prof34 wrn34b conv4b r18b digits"}; TOTAL_S=${TOTAL_S:-320}
+     # the one knob row if time is left: wrn34_2_binact with 16+15-bit digits, 8 copies
+     export KNOB_MODELS=${KNOB_MODELS:-wrn34_2_binact} DIGIT_COPIES=${DIGIT_COPIES:-8} ;;
   2) E2E=${E2E:-1}; GROUPS_=${BENCH_GROUPS:-"wrn50rm"}; TOTAL_S=${TOTAL_S:-320} ;;
   *) echo "PHASE must be 1 or 2, got $PHASE" >&2; exit 2 ;;
 esac
