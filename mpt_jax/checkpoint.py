@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from mpt_jax import config_utils
-from mpt_jax.errors import CheckpointError, CheckpointWriteError
+from mpt_jax.errors import CheckpointError, CheckpointWriteError, one_line
 
 ITEMS = ("state", "meta")
 
@@ -178,7 +178,7 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001  (tensorstore reports ENOSPC as ValueError)
                 raise CheckpointWriteError(
                     f"could not write checkpoint step {step} in {self.directory} "
-                    f"({type(e).__name__}: {config_utils.one_line(e)[:300]}); the previous "
+                    f"({type(e).__name__}: {one_line(e)[:300]}); the previous "
                     f"checkpoint is intact: {self.describe_latest()}. Free disk space (or fix the "
                     "workdir) and run the same command again to resume from it") from None
 
@@ -199,7 +199,7 @@ class Checkpointer:
                 if tuple(a.shape) != tuple(np.shape(b))]
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(
-                f"checkpoint {where} does not match this model ({config_utils.one_line(e)[:200]});"
+                f"checkpoint {where} does not match this model ({one_line(e)[:200]});"
                 " use --config.restart=True or a new --workdir") from None
         if mismatch:
             raise CheckpointError(f"checkpoint {where} does not match this model (e.g. "
