@@ -76,12 +76,13 @@ def point_status(workdir: str, exit_code: int | None = None) -> tuple[str, dict]
     if os.path.exists(path):
         with open(path) as f:
             result = json.load(f)
-    if result.get("stop_reason"):  # max_train_steps, not_learning
-        return f"ended early ({result['stop_reason']})", result
+    # This invocation's outcome first: a result.json may be left from an earlier, shorter run.
     if exit_code in (130, 143):  # mpt_jax.main saved a checkpoint and stopped
         return "stopped (resumable)", result
     if exit_code not in (None, 0):
         return f"failed (exit {exit_code})", result
+    if result.get("stop_reason"):  # max_train_steps, not_learning
+        return f"ended early ({result['stop_reason']})", result
     if not result:  # no result.json: killed, or still running in another process
         return "incomplete", result
     return "done", result
