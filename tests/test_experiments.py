@@ -144,3 +144,19 @@ def test_plot_of_a_missing_sweep_names_the_fix(tmp_path):
         plot.sweep_series(str(tmp_path))
     with pytest.raises(SystemExit, match="metrics.jsonl not found"):
         plot.curve_series(str(tmp_path))
+
+
+def test_point_status_puts_this_invocations_exit_code_first(tmp_path):
+    """A result.json left from an earlier run does not hide that this run failed or stopped."""
+    workdir = tmp_path / "point"
+    workdir.mkdir()
+    assert sweep.point_status(str(workdir))[0] == "incomplete"
+    assert sweep.point_status(str(workdir), 2)[0] == "failed (exit 2)"
+    (workdir / "result.json").write_text(json.dumps({"final_top1": 50.0, "stop_reason": None}))
+    assert sweep.point_status(str(workdir), 0) == ("done", {"final_top1": 50.0,
+                                                            "stop_reason": None})
+    (workdir / "result.json").write_text(json.dumps({"stop_reason": "max_train_steps"}))
+    assert sweep.point_status(str(workdir))[0] == "ended early (max_train_steps)"
+    assert sweep.point_status(str(workdir), 143)[0] == "stopped (resumable)"
+    assert sweep.point_status(str(workdir), 130)[0] == "stopped (resumable)"
+    assert sweep.point_status(str(workdir), 1)[0] == "failed (exit 1)"
