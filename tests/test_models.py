@@ -509,3 +509,24 @@ def test_sharded_step_matches_single_device(name, hw, channels, options):
     chex.assert_trees_all_close(sharded["params"], single["params"], rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(sharded["batch_stats"], single["batch_stats"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("keep", [0.2, 0.8])
+def test_reference_fan_scaling_sets_the_logit_scale_of_a_bn_free_net(keep):
+    """Conv-4 has no BatchNorm and no biases, and ReLU / max-pooling are positively
+    homogeneous, so scaling W of each of its 7 prunable layers by c (alpha follows W, the
+    masks follow the scores) scales the logits by c**7 exactly. The reference's fan * (1 - k)
+    (scale_fan="reference", SPEC 8 item 8) against the variance-preserving fan * k ("kept")
+    is c = sqrt(k / (1 - k)) per layer: at k = 0.2 the logits start 128x too small (the loss
+    sits at ln 10 until the scores grow), at k = 0.8 128x too large. Checked against that
+    float64 factor, which also fails if a layer ignored scale_fan."""
+    x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+    logits = {}
+    for scale_fan in ("reference", "kept"):
+        model = get_model("conv4", keep_fraction=keep, scale_fan=scale_fan,
+                          weight_init="kaiming_normal")
+        variables = model.init(jax.random.key(0), x, train=False)
+        logits[scale_fan] = np.asarray(model.apply(variables, x, train=False), np.float64)
+    factor = (keep / (1.0 - keep)) ** (7 / 2)  # 2**-7 at k = 0.2, 2**7 at k = 0.8
+    np.testing.assert_allclose(logits["reference"], logits["kept"] * factor, rtol=2e-5,
+                               atol=1e-6 * np.abs(logits["reference"]).max())
