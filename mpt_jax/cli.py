@@ -8,7 +8,7 @@ import re
 import shlex
 import sys
 
-from mpt_jax.errors import one_line, stdout_closed
+from mpt_jax.errors import one_line
 
 
 def resume_command(argv: list[str], workdir: str) -> str:
@@ -48,6 +48,12 @@ def help_text(flag_values, config, config_default: str) -> str:
 
     walk("", config)
     return "\n".join(lines)
+
+
+def stdout_closed() -> None:
+    """Call after a BrokenPipeError on stdout (``... | head``): a reader that stops early is
+    not an error; stdout goes to /dev/null so Python's flush at exit does not raise again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def print_help(text: str) -> None:

@@ -8,9 +8,6 @@ non-finite loss or gradient, 4 when a checkpoint could not be written during tra
 """
 from __future__ import annotations
 
-import os
-import sys
-
 
 class UserError(Exception):
     """Something the user can fix (input, config, workdir); message = one line with the fix."""
@@ -60,8 +57,3 @@ def one_line(message: object) -> str:
     """Collapses a (possibly multi-line) message into one line."""
     return " ".join(str(message).split())
 
-
-def stdout_closed() -> None:
-    """Call after a BrokenPipeError on stdout (``... | head``): a reader that stops early is
-    not an error; stdout goes to /dev/null so Python's flush at exit does not raise again."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1144,12 +1144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv.pop(1)
     F = _define_flags()
     from mpt_jax import cli
-    from mpt_jax.errors import UserError, one_line, stdout_closed
+    from mpt_jax.errors import UserError, one_line
     try:
         cli.parse_command_line(F, argv)
         return COMMANDS[command](F)
     except BrokenPipeError:  # `ticket summary ... | head`: output is printed after the work
-        stdout_closed()
+        cli.stdout_closed()
         return 0
     except (TicketError, UserError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
