@@ -56,4 +56,3 @@ class Interrupted(TrainingError):
 def one_line(message: object) -> str:
     """Collapses a (possibly multi-line) message into one line."""
     return " ".join(str(message).split())
-

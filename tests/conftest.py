@@ -37,3 +37,25 @@ def mesh8():
 
     assert jax.device_count() == 8, "the XLA flag above should provide 8 CPU devices"
     return jax.make_mesh((8,), ("data",))
+
+
+@pytest.fixture
+def run_into_closed_pipe():
+    """Runs ``python <args>`` with stdout a pipe whose reader is already gone (``... | head``
+    after head exited), so every write fails with EPIPE, deterministically. Returns the
+    CompletedProcess (stderr as text)."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def run(*args):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            return subprocess.run([sys.executable, *args], cwd=root, stdout=write_end,
+                                  stderr=subprocess.PIPE, text=True, timeout=120)
+        finally:
+            os.close(write_end)
+
+    return run

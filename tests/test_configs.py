@@ -210,15 +210,8 @@ def test_help_lists_flags_and_config_fields(tmp_path, monkeypatch, capsys):
     assert os.listdir(tmp_path) == []
 
 
-def test_help_into_a_closed_pipe_is_not_an_error():
+def test_help_into_a_closed_pipe_is_not_an_error(run_into_closed_pipe):
     """``main --help | head -1``: the reader may go before the help is written. Here it is
-    gone before the run starts (the write end's reader is closed), so every write fails with
-    EPIPE, deterministically: status 0 and no BrokenPipeError traceback."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "mpt_jax.main", "--help"], cwd=ROOT,
-                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
-    finally:
-        os.close(write_end)
+    gone before the run starts: status 0 and no BrokenPipeError traceback."""
+    proc = run_into_closed_pipe("-m", "mpt_jax.main", "--help")
     assert proc.returncode == 0 and "Error" not in proc.stderr, proc.stderr

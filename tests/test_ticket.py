@@ -2,10 +2,7 @@
 import hashlib
 import json
 import math
-import os
 import struct
-import subprocess
-import sys
 
 import chex
 import jax
@@ -16,8 +13,6 @@ import pytest
 from mpt_jax import ops
 from mpt_jax import ticket as T
 from mpt_jax.models import get_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 KEEP = 0.3
 # (model name, get_model options, image shape): an MLP with sign activations, an MLP with
@@ -338,7 +333,7 @@ def test_global_pruning_ticket_matches_model():
     chex.assert_trees_all_close(out, ref, rtol=1e-6, atol=1e-6)
 
 
-def test_cli_summary_json_and_errors(runs, tmp_path, capsys):
+def test_cli_summary_json_and_errors(runs, tmp_path, capsys, run_into_closed_pipe):
     name, opts, shape, key, variables = runs["mlp_binact"]
     path = tmp_path / "t.mptk"
     size = T.save_ticket(T.make_ticket(name, opts, variables, shape, mode="seed", init_key=key),
@@ -349,16 +344,8 @@ def test_cli_summary_json_and_errors(runs, tmp_path, capsys):
     # A second call in the same process starts from the defaults, not the last call's flags.
     assert T.main(["ticket", "summary", f"--ticket={path}"]) == 0
     assert not capsys.readouterr().out.lstrip().startswith("{")
-    # `ticket summary ... | head` whose reader has gone (a pipe with its read end closed:
-    # every write fails, deterministically): status 0, no BrokenPipeError traceback.
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "mpt_jax.ticket", "summary",
-                               f"--ticket={path}"], stdout=write_end, stderr=subprocess.PIPE,
-                              text=True, timeout=120, cwd=ROOT)
-    finally:
-        os.close(write_end)
+    # `ticket summary ... | head` whose reader has gone: status 0, no BrokenPipeError traceback.
+    proc = run_into_closed_pipe("-m", "mpt_jax.ticket", "summary", f"--ticket={path}")
     assert proc.returncode == 0 and "Error" not in proc.stderr, proc.stderr
     path.write_bytes(path.read_bytes()[:-3])
     assert T.main(["ticket", "summary", f"--ticket={path}"]) == 2
