@@ -9,9 +9,9 @@
 #   bash benchmarks/run_gpu_all.sh --dry-run      # this machine's CPU: tests the script
 #
 # PHASE=1: BENCH_GROUPS "prof34 wrn34b conv4b r18b digits", no end-to-end run, TOTAL_S 320:
-#   the wrn34_2_binact profile (biprop and dense; its 0.917 of dense is the one missed ratio
-#   target without a profile), then the issue-6 table rows with dense and the peer (on an
-#   H100, the card the targets name, if one is lent: a call naming no kind gets one first),
+#   the wrn34_2_binact profile (biprop and dense), then the issue-6 table rows with dense
+#   and the peer (on an H100, the card the targets name, if one is lent: a call naming no
+#   kind gets one first; session 7 ran both phases so, benchmarks/RESULTS.md),
 #   then, if time is left, wrn34_2_binact with the 16+15-bit scatter digits and 8 histogram
 #   copies (KNOB_MODELS=wrn34_2_binact DIGIT_COPIES=8; compared with wrn34b's dense row).
 # PHASE=2: the end-to-end ResNet-18 run (benchmarks/run_gpu_e2e.sh, at most E2E_TIMEOUT=210
