@@ -99,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mask_impl = "auto"
     c.mask_method = "radix_many"   # batched only: radix_many | compare | compare<D> | per_layer
     # Run control.
-    c.log_every_steps = 50
+    c.log_every_steps = 50       # an epoch's last log interval also takes its remainder
     c.checkpoint_every_epochs = 1  # the best epoch is held on the host until the next save
     c.checkpoint_every_steps = 0   # also checkpoint every N global steps mid-epoch (0 = off)
     c.max_train_steps = -1         # -1 = no limit (smoke tests)

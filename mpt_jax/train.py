@@ -650,7 +650,11 @@ def _train_epoch(p_train, state, ds, epoch, start_step, spe, config, logger, bar
             imgs_since += config.batch_size
         limit = config.max_train_steps > 0 and global_step >= config.max_train_steps
         ckpt_now = every > 0 and global_step % every == 0 and step < spe and not limit
-        sync_point = step % config.log_every_steps == 0 or step == spe or limit or ckpt_now
+        # A log interval never ends within log_every_steps of the epoch's end: the last one
+        # takes the remainder (351 steps, every 50: ..., 300, 351), instead of a one-step
+        # interval whose noisy mean showed as a spike in the training curves.
+        log_now = step % config.log_every_steps == 0 and spe - step >= config.log_every_steps
+        sync_point = log_now or step == spe or limit or ckpt_now
         if multi:
             if sync_point and parallel.any_process(stop.received is not None):
                 reason = "signal"

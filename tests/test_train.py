@@ -327,6 +327,10 @@ def test_main_end_to_end_resume_and_finished(tmp_path, compilation_cache):
     assert train_recs and len(eval_recs) == 1
     for r in train_recs:
         assert {"step", "epoch", "loss", "top1", "lr", "images_per_s"} <= set(r)
+    # Every logged interval spans log_every_steps (5) to 9 steps: the epoch's remainder joins
+    # its last interval (22 steps: 5, 10, 15, 22), no short interval at the epoch's end.
+    intervals = np.diff([0] + [r["step"] for r in train_recs])
+    assert all(5 <= d <= 9 for d in intervals), intervals
     assert {"top1", "top5", "loss"} <= set(eval_recs[0]) and eval_recs[0]["epoch"] == 1
     num_train = int(re.search(r"on digits: (\d+) train", out1).group(1))
     spe = num_train // 64  # smoke batch 64; the last partial batch is dropped
