@@ -29,6 +29,36 @@ def resume_command(argv: list[str], workdir: str) -> str:
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
+def default_config_path() -> str:
+    """configs/default.py, the embedded default (also when run outside the repo)."""
+    default = "configs/default.py"
+    if not os.path.exists(default):
+        default = os.path.join(os.path.dirname(os.path.dirname(__file__)), default)
+    return default
+
+
+def define_main_flags(flag_values) -> None:
+    """``python -m mpt_jax.main``'s flags (--config, --workdir, --multihost), once.
+
+    Defined when a run starts, not at import: config_flags reads --config.* overrides while
+    the flag is defined, and a bad override must become a one-line error, not an
+    import-time traceback."""
+    from absl import flags  # noqa: PLC0415
+    from ml_collections import config_flags  # noqa: PLC0415
+    if "config" in flag_values:
+        return
+    config_flags.DEFINE_config_file(
+        "config", default_config_path(), "Experiment config file (configs/*.py); fields can "
+        "be overridden with --config.<field>=<value>.", lock_config=True,
+        flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, "
+                        "tensorboard/); default runs/<config file stem>.",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (also triggered "
+                      "by JAX_COORDINATOR_ADDRESS in the environment).",
+                      flag_values=flag_values)
+
+
 def help_text(flag_values, config, config_default: str) -> str:
     """``--help``: the flags and every field of the selected config with its value."""
     lines = ["usage: python -m mpt_jax.main [--config=configs/<name>.py] [--workdir=DIR] "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 from absl import flags
 from ml_collections import config_flags
@@ -21,27 +22,6 @@ from mpt_jax import cli, config_utils
 from mpt_jax.errors import Interrupted, UserError, one_line
 
 FLAGS = flags.FLAGS
-
-
-def _default_config() -> str:
-    default = "configs/default.py"  # the embedded default, also when run outside the repo
-    if not os.path.exists(default):
-        default = os.path.join(os.path.dirname(os.path.dirname(__file__)), default)
-    return default
-
-
-def _define_flags() -> None:
-    # Defined inside run(): config_flags reads --config.* overrides while the flag is defined,
-    # and a bad override must become a one-line error, not an import-time traceback.
-    if "config" in FLAGS:
-        return
-    config_flags.DEFINE_config_file(
-        "config", _default_config(), "Experiment config file (configs/*.py); fields can be "
-        "overridden with --config.<field>=<value>.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, "
-                        "tensorboard/); default runs/<config file stem>.")
-    flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (also triggered "
-                      "by JAX_COORDINATOR_ADDRESS in the environment).")
 
 
 def _fail(message: object, code: int = 2) -> int:
@@ -60,15 +40,15 @@ def _on_sigterm(signum, frame):
 def run(argv: list[str]) -> int:
     wants_help = any(a in cli.HELP_FLAGS for a in argv[1:])
     try:
-        _define_flags()
+        cli.define_main_flags(FLAGS)
         cli.parse_command_line(FLAGS, [a for a in argv if a not in cli.HELP_FLAGS],
-                               config_default=_default_config())
+                               config_default=cli.default_config_path())
         config = FLAGS.config
         config.keys()  # a config file that failed to load raises here
     except (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError) as e:
         return _fail(cli.flag_error_message(e, argv))
     if wants_help:
-        cli.print_help(cli.help_text(FLAGS, config, _default_config()))
+        cli.print_help(cli.help_text(FLAGS, config, cli.default_config_path()))
         return 0
     from mpt_jax import parallel, train  # noqa: PLC0415  (jax starts after flag parsing)
 
@@ -76,7 +56,8 @@ def run(argv: list[str]) -> int:
     workdir = FLAGS.workdir or os.path.join(
         "runs", os.path.splitext(os.path.basename(config_file))[0])
     resume = cli.resume_command(argv, workdir)
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if (
+        threading.current_thread() is threading.main_thread()) else None
     try:
         parallel.maybe_initialize_distributed(FLAGS.multihost)
         overridden = config_flags.get_override_values(FLAGS["config"])
@@ -97,11 +78,6 @@ def run(argv: list[str]) -> int:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     return 0
-
-
-def _main_thread() -> bool:
-    import threading  # noqa: PLC0415
-    return threading.current_thread() is threading.main_thread()
 
 
 def main() -> None:
