@@ -59,13 +59,13 @@ def define_main_flags(flag_values) -> None:
                       flag_values=flag_values)
 
 
-def help_text(flag_values, config, config_default: str) -> str:
+def help_text(flag_values, config) -> str:
     """``--help``: the flags and every field of the selected config with its value."""
     lines = ["usage: python -m mpt_jax.main [--config=configs/<name>.py] [--workdir=DIR] "
              "[--config.<field>=<value> ...]", "", "flags:"]
     for name in ("config", "workdir", "multihost"):
         flag = flag_values[name]
-        default = config_default if name == "config" else flag.default
+        default = default_config_path() if name == "config" else flag.default
         lines.append(f"  --{name}: {flag.help} (default: {default})")
     lines += ["", "config fields of this config (override with --config.<field>=<value>):"]
 

@@ -48,7 +48,7 @@ def run(argv: list[str]) -> int:
     except (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError) as e:
         return _fail(cli.flag_error_message(e, argv))
     if wants_help:
-        cli.print_help(cli.help_text(FLAGS, config, cli.default_config_path()))
+        cli.print_help(cli.help_text(FLAGS, config))
         return 0
     from mpt_jax import parallel, train  # noqa: PLC0415  (jax starts after flag parsing)
 
