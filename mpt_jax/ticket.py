@@ -947,11 +947,23 @@ def ticket_from_run(workdir: str, which: str = "latest", *, mode: str = "seed",
         # The current keep fraction k_t of the global ramp (SPEC 1.7) at the checkpoint.
         opts["keep_fraction"] = float(run["metrics"]["keep_fraction"])
     variables = dict(params=run["params"], frozen=run["frozen"], batch_stats=run["batch_stats"])
+    # The manifest records how the ticket was found: the whole resolved config and the run's
+    # result (epochs, accuracy with its split, hardware, versions) when the run has finished.
+    result = None
+    result_path = os.path.join(workdir, "result.json")
+    if os.path.exists(result_path):
+        try:
+            with open(result_path) as f:
+                result = json.load(f)
+        except (OSError, ValueError):
+            result = None
     return make_ticket(config.model, opts, variables, run_image_shape(config, image_shape),
                        mode=mode, init_key=run_init_key(config.seed) if mode == "seed" else None,
                        metrics=run["metrics"], bn_dtype=bn_dtype,
                        extra=dict(workdir=os.path.abspath(workdir), which=which,
-                                  seed=int(config.seed), dataset=config.get("dataset")),
+                                  seed=int(config.seed), dataset=config.get("dataset"),
+                                  config=json.loads(config_utils.to_json(config)),
+                                  result=result),
                        exact=exact)
 
 

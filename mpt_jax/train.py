@@ -748,4 +748,12 @@ def _result(config, ds, best, last_eval, global_step, epochs_completed, seconds,
                 epochs_completed=int(epochs_completed), global_step=int(global_step),
                 wall_seconds=round(float(seconds), 2), stop_reason=stop_reason,
                 model=config.model, mode=config.mode, keep_fraction=float(config.keep_fraction),
-                dataset=config.dataset, seed=int(config.seed))
+                dataset=config.dataset, seed=int(config.seed),
+                precision=jnp.dtype(compute_dtype(config)).name, hardware=hardware_name(),
+                jax_version=jax.__version__)
+
+
+def hardware_name() -> str:
+    """What the run trained on, e.g. "1x NVIDIA H200" or "2x cpu" (all processes' devices)."""
+    devices = jax.devices()
+    return f"{len(devices)}x {devices[0].device_kind}"
