@@ -157,7 +157,7 @@ def append_row(row: dict, path: str = RESULTS) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
@@ -274,10 +274,11 @@ def export_ticket(run: Run, workdir: str, tickets: str | None) -> str:
         return ""  # the ticket stays in the run's workdir
     os.makedirs(tickets, exist_ok=True)
     dest = os.path.join(tickets, f"{run.ship}.ticket")
-    # The lowest seed's ticket is the one shipped; another seed does not replace it.
-    if not os.path.exists(dest) or run.seed == 0:
-        shutil.copyfile(out, dest + ".tmp")
-        os.replace(dest + ".tmp", dest)
+    # Seed 0's ticket is the one shipped (the first finished seed until seed 0 has run).
+    if os.path.exists(dest) and run.seed != 0:
+        return ""
+    shutil.copyfile(out, dest + ".tmp")
+    os.replace(dest + ".tmp", dest)
     return os.path.relpath(dest, ROOT)
 
 
@@ -360,7 +361,9 @@ def execute(todo, args, hardware) -> tuple[dict, int | None]:
                 log.close()
                 wall = time.time() - start
                 row = None
-                if proc.returncode == 0:
+                # 130 / 143: a stop that came after the run had finished still leaves a
+                # complete result.json (result_row checks), which counts as done.
+                if proc.returncode in (0, 130, 143):
                     row = result_row(run, workdir, wall, peak.get(name, 1), args.tickets,
                                      args.record_early)
                     if row is not None:
