@@ -1,0 +1,192 @@
+"""experiments/reproduce.py: the queue's order and names, time estimates from earlier rows,
+the budget plan, and real runs of the embedded digits config through the whole path
+(rows, tickets, skipping finished runs, a SIGTERM stop and its resume)."""
+import csv
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(ROOT, "experiments")
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}",
+                                                  os.path.join(EXPERIMENTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+R = load("reproduce")
+
+
+def row(run, hardware="1x NVIDIA H200", wall=100.0, parallel=1, epochs=100, config=None):
+    config = config or f"configs/{run.split(',')[0]}.py"
+    return dict(run=run, config=config, hardware=hardware, wall_seconds=str(wall),
+                parallel=str(parallel), epochs=str(epochs))
+
+
+def test_queue_order_names_and_seeds():
+    runs = R.queue(["table"])
+    # The issue's priority: ResNet-18 MPT-1/32 seeds 0-2 first, then its dense twin.
+    assert [r.name for r in runs[:5]] == [
+        "cifar10_resnet18,seed=0", "cifar10_resnet18,seed=1", "cifar10_resnet18,seed=2",
+        "cifar10_resnet18,mode=dense,seed=0", "cifar10_resnet18,mode=dense,seed=1"]
+    assert {r.group for r in runs} == {"table"}
+    assert len({r.name for r in runs}) == len(runs)  # names identify runs
+    # --seeds replaces every entry's seeds; groups come in GROUPS order whatever is asked.
+    runs = R.queue(["conv", "table"], seeds=[3])
+    assert runs[0].group == "table" and {r.seed for r in runs} == {3}
+    conv = [r for r in runs if r.group == "conv"]
+    assert len(conv) == 4 * (2 * 6 + 1 + 6)  # Conv-n: 2 modes x 6 keeps, dense, edge-popup x 6
+    with pytest.raises(ValueError, match="unknown group"):
+        R.queue(["tables"])
+
+
+def test_estimates_come_from_rows_of_the_same_hardware():
+    run = next(r for r in R.queue(["table"]) if r.name == "cifar10_resnet18,seed=1")
+    rows = [row("cifar10_resnet18,seed=0", wall=390, parallel=3),   # 130 s alone
+            row("cifar10_resnet18,seed=2", wall=150, parallel=1),   # 150 s
+            row("cifar10_resnet18,seed=3", wall=170, parallel=1),   # 170 s: median 150
+            row("cifar10_resnet18,seed=4", hardware="1x NVIDIA H100", wall=999)]
+    assert R.estimate_seconds(run, rows, "1x NVIDIA H200") == pytest.approx(150)
+    assert R.estimate_seconds(run, rows, "1x NVIDIA H200", epochs=10) == pytest.approx(15)
+    assert R.estimate_seconds(run, rows, "1x NVIDIA H100") == pytest.approx(999)
+    # No row of this key: the same config file's rows (here its dense twin), then the guess.
+    dense = next(r for r in R.queue(["table"]) if r.name == "cifar10_resnet18,mode=dense,seed=0")
+    assert R.estimate_seconds(dense, rows[:1], "1x NVIDIA H200") == pytest.approx(130)
+    assert R.estimate_seconds(dense, [], "1x NVIDIA H200") == R.GPU_GUESS_S["resnet18"]
+    assert R.estimate_seconds(dense, [], "1x cpu") == R.GPU_GUESS_S["resnet18"] * R.CPU_FACTOR
+
+
+def test_plan_respects_the_budget_and_skips_finished_runs():
+    runs = R.queue(["table"], seeds=[0])
+    hw = "1x NVIDIA H200"
+    rows = [row("cifar10_resnet18,seed=0", wall=100)]  # finished earlier
+    guess = {r.name: R.estimate_seconds(r, rows, hw) for r in runs}
+    todo, over = R.plan(runs, rows, hw, budget_s=None)
+    assert [r.name for r, _ in todo] == [r.name for r in runs[1:]]
+    assert not over
+    # Budget 250 s: ResNet-18 dense (100 s, learnt from the config's row) fits, then every
+    # run whose estimate still fits the rest, in priority order; the others wait.
+    todo, over = R.plan(runs, rows, hw, budget_s=250)
+    started = [r.name for r, _ in todo]
+    assert started[0] == "cifar10_resnet18,mode=dense,seed=0"
+    assert sum(est for _, est in todo) <= 250
+    assert {r.name for r in over} | set(started) == {r.name for r in runs[1:]}
+    committed = 0.0  # the rule, step by step: a run starts if it fits what is left
+    for run in runs[1:]:
+        fits = committed + guess[run.name] <= 250
+        assert (run.name in started) == fits, run.name
+        committed += guess[run.name] if fits else 0.0
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    results = tmp_path / "results.csv"
+    assert R.main(["--groups=table", "--dry_run", "--budget_minutes=6", "--hardware=1x NVIDIA H200",
+                   f"--results={results}", f"--root={tmp_path / 'runs'}"]) == 0
+    out = capsys.readouterr().out
+    assert "11 runs in --groups=table: 0 finished earlier, 2 to start now" in out
+    assert "--config=configs/cifar10_resnet18.py" in out and "--config.seed=0" in out
+    assert not results.exists() and not (tmp_path / "runs").exists()
+
+
+def test_bad_arguments_are_clear_errors(capsys):
+    for argv, message in [(["--groups=tabel"], "unknown group(s) tabel"),
+                          (["--only=nothing-matches", "--dry_run"], "matches no run"),
+                          (["--parallel=0", "--dry_run"], "--parallel must be at least 1")]:
+        with pytest.raises(SystemExit) as e:
+            R.main(argv + ["--hardware=cpu"])
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+# Real runs: two entries of the embedded digits config (seconds each on CPU).
+DRIVER = f"""
+import sys
+sys.path.insert(0, {EXPERIMENTS!r})
+import reproduce
+def entries():
+    yield "table", "configs/smoke.py", {{}}, (0,), "digits_smoke"
+    yield "table", "configs/smoke.py", {{"mode": "dense"}}, (0,), None
+    yield "conv", "configs/smoke.py", {{"keep_fraction": 0.25}}, (0,), None
+reproduce._entries = entries
+sys.exit(reproduce.main(sys.argv[1:]))
+"""
+
+
+def drive(tmp_path, *args, wait=True):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    cmd = [sys.executable, str(driver), f"--results={tmp_path / 'results.csv'}",
+           f"--tickets={tmp_path / 'tickets'}", f"--root={tmp_path / 'runs'}", "--hardware=1x cpu",
+           *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return {r["run"]: r for r in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_runs_write_rows_tickets_and_are_skipped_next_time(tmp_path):
+    out = drive(tmp_path, "--groups=table", "--parallel=2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = read_csv(tmp_path / "results.csv")
+    assert set(rows) == {"smoke,seed=0", "smoke,mode=dense,seed=0"}
+    import json
+    for name, r in rows.items():
+        with open(tmp_path / "runs" / name / "result.json") as f:
+            result = json.load(f)
+        assert float(r["final_top1"]) == result["final_top1"]
+        assert float(r["best_top1"]) == result["best_top1"]
+        assert int(r["epochs"]) == result["epochs_completed"] == 2
+        assert r["hardware"] == result["hardware"] and r["parallel"] in ("1", "2")
+        assert r["precision"] == "float32" and r["commit"]
+    # The biprop run's ticket was exported and shipped under its name; the dense run has none.
+    assert rows["smoke,seed=0"]["ticket"].endswith("digits_smoke.ticket")
+    assert (tmp_path / "tickets" / "digits_smoke.ticket").exists()
+    assert rows["smoke,mode=dense,seed=0"]["ticket"] == ""
+    from mpt_jax import ticket as T
+    shipped = T.load_ticket(tmp_path / "tickets" / "digits_smoke.ticket")
+    assert shipped.info["extra"]["result"]["final_top1"] == float(rows["smoke,seed=0"]["final_top1"])
+    assert shipped.info["extra"]["config"]["model"] == "mlp" and shipped.mode == "signs"
+    # Next time the finished runs are skipped: no new rows.
+    again = drive(tmp_path, "--groups=table")
+    assert again.returncode == 0
+    assert "2 finished earlier, 0 to start now" in again.stdout
+    assert len(read_csv(tmp_path / "results.csv")) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_running_runs_and_the_same_command_resumes(tmp_path):
+    # 40 epochs of the digits MLP: long enough to be stopped part-way.
+    args = ["--groups=conv", "--set", "num_epochs=40"]
+    proc = drive(tmp_path, *args, wait=False)
+    workdir = tmp_path / "runs" / "smoke,keep_fraction=0.25,seed=0"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (workdir / "checkpoints").exists():
+        time.sleep(0.5)
+    time.sleep(3)  # a few epochs in
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "stopped (resumable)" in output and "the same command resumes" in output
+    assert not (tmp_path / "results.csv").exists()  # no row for an unfinished run
+    again = drive(tmp_path, *args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    log = (workdir / "log.txt").read_text()
+    assert "resum" in log.lower()  # the second part continued from the checkpoint
+    rows = read_csv(tmp_path / "results.csv")
+    assert int(rows["smoke,keep_fraction=0.25,seed=0"]["epochs"]) == 40
