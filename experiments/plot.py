@@ -31,35 +31,64 @@ def _pyplot():
 
 
 def curve_series(workdir: str) -> dict:
-    """{"train": [(step, loss)], "eval": [(epoch, top1)]} from <workdir>/metrics.jsonl."""
+    """{"train": [(epoch, loss)], "eval": [(epoch, top1)], "eval_loss": [(epoch, loss)]} from
+    <workdir>/metrics.jsonl (training records carry fractional epochs)."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         raise SystemExit(f"{path} not found: pass the --workdir of an mpt_jax.main run")
     records = read_jsonl(path)
-    return {"train": [(r["step"], r["loss"]) for r in records
+    evals = [r for r in records if r.get("split") == "eval"]
+    return {"train": [(r["epoch"], r["loss"]) for r in records
                       if r.get("split") == "train" and "loss" in r],
-            "eval": [(r["epoch"], r["top1"]) for r in records
-                     if r.get("split") == "eval" and "top1" in r]}
+            "eval": [(r["epoch"], r["top1"]) for r in evals if "top1" in r],
+            "eval_loss": [(r["epoch"], r["loss"]) for r in evals if "loss" in r]}
+
+
+def run_label(workdir: str) -> str:
+    """The run's folder name, and from its result.json (when it has finished) what it was:
+    model, mode, keep fraction, seed, epochs and final held-out top-1."""
+    label = os.path.basename(os.path.normpath(workdir))
+    path = os.path.join(workdir, "result.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            r = json.load(f)
+        keep = f", keep {r.get('keep_fraction')}" if r.get("mode") != "dense" else ""
+        label += (f" ({r.get('model')} {r.get('mode')}{keep}, seed {r.get('seed')}, "
+                  f"{r.get('epochs_completed')} epochs: {r.get('final_top1', 0):.2f} %)")
+    return label
 
 
 def plot_curves(workdirs: list[str], out: str) -> None:
     plt = _pyplot()
+    from matplotlib.lines import Line2D  # noqa: PLC0415  (after _pyplot chose the backend)
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for workdir in workdirs:
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.4 + 0.25 * len(workdirs)))
+    runs = []
+    for i, workdir in enumerate(workdirs):
         series = curve_series(workdir)
-        label = os.path.basename(os.path.normpath(workdir))
+        color = f"C{i % 10}"
         if series["train"]:
-            ax_loss.plot(*zip(*series["train"]), label=label)
+            ax_loss.plot(*zip(*series["train"]), color=color, alpha=0.6, lw=1)
+        if series["eval_loss"]:
+            ax_loss.plot(*zip(*series["eval_loss"]), color=color, ls="--", lw=1.5)
         if series["eval"]:
-            ax_acc.plot(*zip(*series["eval"]), marker="o", label=label)
-    ax_loss.set(xlabel="step", ylabel="training loss", yscale="log")
-    ax_acc.set(xlabel="epoch", ylabel="held-out top-1 (%)")
+            ax_acc.plot(*zip(*series["eval"]), color=color, marker="o", ms=3)
+        runs.append(Line2D([], [], color=color, marker="o", ms=3, label=run_label(workdir)))
+    ax_loss.set(title="cross-entropy loss", xlabel="epoch", ylabel="loss (log scale)",
+                yscale="log")
+    ax_loss.legend(handles=[Line2D([], [], color="gray", lw=1, label="training batches"),
+                            Line2D([], [], color="gray", ls="--", label="held-out split")],
+                   fontsize=8)
+    ax_acc.set(title="accuracy on the evaluation split", xlabel="epoch",
+               ylabel="held-out top-1 (%)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(handles=runs, loc="lower center", fontsize=8, frameon=False)
+    names = ", ".join(os.path.basename(os.path.normpath(w)) for w in workdirs)
+    fig.suptitle(f"training curves: {names}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07 + 0.045 * len(workdirs), 1, 1))
     fig.savefig(out, dpi=120)
+    plt.close(fig)
     print(f"wrote {out}")
 
 

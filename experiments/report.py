@@ -58,6 +58,8 @@ DENSE = {
     "cifar10_wide_vgg_small_binact": "cifar10_vgg_small,mode=dense",
     "cifar10_wide_vgg_small_binact,learn_batchnorm=True": "cifar10_vgg_small,mode=dense",
 }
+# The training curves drawn beside the table: the shipped ResNet-18 ticket and its dense twin.
+CURVES = ("cifar10_resnet18,seed=0", "cifar10_resnet18,mode=dense,seed=0")
 HEADLINE_NAMES = {
     "cifar10_resnet18": "ResNet-18 MPT-1/32, 80 % pruned",
     "cifar10_resnet18,precision=float32": "ResNet-18 MPT-1/32, 80 % pruned, float32",
@@ -320,6 +322,12 @@ def main(argv=None) -> int:
     for path in stale:
         print(f"wrote {path}")
     if not args.no_figures:
+        runs = os.path.join(ROOT, "experiments", "results", "runs")
+        pair = [os.path.join(runs, n) for n in CURVES]
+        if all(os.path.exists(os.path.join(p, "metrics.jsonl")) for p in pair):
+            sys.path.insert(0, HERE)
+            import plot  # noqa: PLC0415  (experiments/plot.py; matplotlib only here)
+            plot.plot_curves(pair, os.path.join(FIGURES, "resnet18_curves.png"))
         for group in ("conv", "width", "depth"):
             out = os.path.join(FIGURES, f"{group}.png")
             if plot_group(rows, group, out):

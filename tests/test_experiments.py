@@ -130,6 +130,12 @@ def test_sweep_stops_on_sigterm_resumes_and_plots(tmp_path):
     assert [epoch for epoch, _ in series["eval"]] == [1, 2]
     assert series["eval"][-1][1] == pytest.approx(results[1]["final_top1"], abs=1e-3)  # rounded
     assert len(series["train"]) >= 4 and all(loss > 0 for _, loss in series["train"])
+    # Training loss against fractional epochs, held-out loss at every evaluated epoch.
+    assert series["train"][-1][0] == pytest.approx(2.0) and series["train"][0][0] < 1
+    assert [epoch for epoch, _ in series["eval_loss"]] == [1, 2]
+    assert series["eval_loss"][-1][1] == pytest.approx(results[1]["final_loss"], rel=1e-4)
+    assert plot.run_label(os.path.join(root, NAMES[1])).endswith(
+        f"seed 0, 2 epochs: {results[1]['final_top1']:.2f} %)")
     pytest.importorskip("matplotlib", reason="the PNG files need matplotlib (extra 'plot')")
     for args in (["sweep", root, "--out", str(tmp_path / "s.png")],
                  ["curves", *(os.path.join(root, n) for n in NAMES),
