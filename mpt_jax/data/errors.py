@@ -8,11 +8,11 @@ from mpt_jax import errors as _errors
 
 
 class DataError(_errors.DataError):
-  """A dataset path, archive or image file is missing, malformed or corrupt.
+    """A dataset path, archive or image file is missing, malformed or corrupt.
 
-  The message is one line that names the offending file and says how to fix it.
-  """
+    The message is one line that names the offending file and says how to fix it.
+    """
 
 
 class DataNotFoundError(DataError, FileNotFoundError):
-  """The configured archive, directory or file does not exist."""
+    """The configured archive, directory or file does not exist."""
