@@ -13,8 +13,8 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from mpt_jax import data
-from mpt_jax.data import augment, image_folder, sources
-from mpt_jax.data.errors import DataError, DataNotFoundError
+from mpt_jax.data import augment, image_folder, registry, sources
+from mpt_jax.errors import DataError, DataNotFoundError
 
 SHARED_ARCHIVE = (pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" /
                   "cifar10_train_jpeg.tar.gz")
@@ -144,7 +144,7 @@ def synthetic_rgb_source(n=64, size=32, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.integers(1, 256, size=(n, size, size, 3), dtype=np.uint8)  # no zeros: padding shows
     y = (np.arange(n) % 10).astype(np.int32)
-    return sources.ArraySource(name="cifar10", class_names=sources.CIFAR10_CLASSES,
+    return sources.ArraySource(name="cifar10", class_names=registry.get("cifar10").class_names,
                                train_images=x, train_labels=y, eval_images=x[:8], eval_labels=y[:8],
                                eval_split_name="test", mean=tuple(CIFAR_MEAN), std=tuple(CIFAR_STD),
                                augment_policy="pad_crop_flip")

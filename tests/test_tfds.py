@@ -35,7 +35,7 @@ from PIL import Image  # noqa: E402
 
 from mpt_jax import data  # noqa: E402
 from mpt_jax.data import imagenet  # noqa: E402
-from mpt_jax.data.errors import DataError, DataNotFoundError  # noqa: E402
+from mpt_jax.errors import DataError, DataNotFoundError  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_MEAN = np.array([0.491, 0.482, 0.447])  # SPEC 6.5

@@ -1,4 +1,4 @@
-"""On-device augmentation and normalisation in JAX (SPEC 6.5), shared by every pipeline.
+"""On-device augmentation and normalisation in JAX, shared by every pipeline.
 
 CIFAR training augmentation = 4-pixel zero padding of the raw uint8 image, a random crop back to
 the original size, and a horizontal flip with p = 0.5; padding happens BEFORE normalisation, so
@@ -54,7 +54,7 @@ def pad_crop_flip(images, dy, dx, flip, pad: int = CIFAR_PAD):
 
 
 def normalize(images, mean, std):
-    """uint8 [0, 255] -> float32 (x / 255 - mean) / std per channel (SPEC 6.5)."""
+    """uint8 [0, 255] -> float32 (x / 255 - mean) / std per channel, as the reference."""
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
     return (images.astype(jnp.float32) / 255.0 - mean) / std

@@ -5,6 +5,7 @@ as a directory tree or a .tar / .tar.gz archive in that layout (like
 Class order = sorted class-folder names (for CIFAR-10 this is also the standard label order).
 Inside a class, images are ordered by file name, so "the last N images of a class" (the
 held-out split) is well defined. Every bad input raises DataError naming the file.
+The cache lives in `default_cache_dir()` unless the caller gives another (config.cache_dir).
 """
 from __future__ import annotations
 
@@ -21,14 +22,13 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mpt_jax.config_utils import default_cache_dir
-from mpt_jax.data.errors import DataError, DataNotFoundError
+from mpt_jax.data import registry, sources
+from mpt_jax.errors import DataError, DataNotFoundError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif",
                     ".tiff")
 SPLITS = ("train", "test")
 CACHE_FORMAT_VERSION = "1"
-DEFAULT_CACHE_DIR = default_cache_dir()
 _DECODE_CHUNK = 1024
 
 LAYOUT_HINT = "expected <root>/train/<class name>/<image>.jpg|png (optionally also test/<class>/...)"
@@ -37,8 +37,25 @@ LAYOUT_HINT = "expected <root>/train/<class name>/<image>.jpg|png (optionally al
 _Entry = Tuple[str, str, object]
 
 
+def default_cache_dir() -> str:
+    """Where decoded datasets (and, by the config's cache_dir, compiled steps) are cached:
+    $XDG_CACHE_HOME/mpt_jax, else ~/.cache/mpt_jax (the XDG default)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"),
+                        "mpt_jax")
+
+
+DEFAULT_CACHE_DIR = default_cache_dir()
+
+
 def is_archive(path: str) -> bool:
     return path.endswith((".tar", ".tar.gz", ".tgz"))
+
+
+def is_image_folder(path: str) -> bool:
+    """Whether ``path`` (a data_dir) looks like an image folder: an archive, a file, or a
+    directory with a train/ folder."""
+    path = os.path.expanduser(path)
+    return is_archive(path) or os.path.isfile(path) or os.path.isdir(os.path.join(path, "train"))
 
 
 def _is_image_name(name: str) -> bool:
@@ -275,41 +292,46 @@ def read_image_folder(path: str, cache_dir: Optional[str] = DEFAULT_CACHE_DIR) -
 
 
 def load_image_folder(path: str, name: str = "image_folder", holdout_per_class: int = 0,
-                      cache_dir: Optional[str] = DEFAULT_CACHE_DIR):
-    """An ArraySource from an image-folder tree or archive.
+                      cache_dir: Optional[str] = DEFAULT_CACHE_DIR) -> sources.ArraySource:
+    """An ArraySource from an image-folder tree or archive, read as dataset ``name``.
 
     Eval split: the test/ split when the tree has one (the training split is then used whole);
     otherwise the LAST `holdout_per_class` images (by sorted file name) of every class of train.
-    For name="cifar10" the classes must be CIFAR-10's (whose sorted order is the standard label
-    order) and SPEC 6.5's normalisation + pad/crop/flip augmentation apply; for any other image
-    folder the per-channel mean/std of the training split are used, and RGB images get the same
+    A dataset whose registry entry fixes its classes (CIFAR-10) must find exactly those, at its
+    image shape, and gets the entry's normalisation and augmentation; any other folder is
+    normalised with its training split's per-channel mean/std, and RGB images get the
     pad/crop/flip augmentation.
     """
-    from mpt_jax.data import sources  # pylint: disable=g-import-not-at-top
-
+    info = registry.get(name)
     arrays = read_image_folder(path, cache_dir)
     class_names = tuple(str(c) for c in arrays["class_names"])
-    train_x, train_y = arrays["train_images"], arrays["train_labels"]
-    if "test_images" in arrays:
-        eval_x, eval_y = arrays["test_images"], arrays["test_labels"]
-        eval_name = f"test ({len(eval_y):,} images)"
-    else:
-        if holdout_per_class <= 0:
-            raise DataError(f"{path}: has no test/ split and holdout_per_class={holdout_per_class}; set "
-                            f"--config.holdout_per_class to a positive number (e.g. 500 for CIFAR-10)")
-        train_idx, eval_idx = sources.holdout_last_per_class(train_y, holdout_per_class)
-        eval_x, eval_y = train_x[eval_idx], train_y[eval_idx]
-        train_x, train_y = train_x[train_idx], train_y[train_idx]
-        eval_name = sources.held_out_name(holdout_per_class, len(eval_y))
-    if name == "cifar10":
-        if class_names != sources.CIFAR10_CLASSES or train_x.shape[1:] != (32, 32, 3):
-            raise DataError(f"{path}: not CIFAR-10 (classes {list(class_names)}, image shape "
-                            f"{train_x.shape[1:]}); use --config.dataset=image_folder for other data")
-        mean, std = sources.CIFAR10_MEAN, sources.CIFAR10_STD
+    (train_x, train_y), (eval_x, eval_y), eval_name = _split(path, arrays, holdout_per_class)
+    if info.class_names is not None:
+        if class_names != info.class_names or train_x.shape[1:] != info.image_shape:
+            raise DataError(f"{path}: not {info.title} (classes {list(class_names)}, image shape "
+                            f"{train_x.shape[1:]}); use --config.dataset=image_folder for other "
+                            f"data")
+        mean, std, policy = info.mean, info.std, info.augment_policy
     else:
         mean, std = sources.channel_stats(train_x)
-    policy = "pad_crop_flip" if train_x.shape[-1] == 3 else "none"
+        policy = "pad_crop_flip" if train_x.shape[-1] == 3 else "none"
     return sources.ArraySource(name=name, class_names=class_names, train_images=train_x,
                                train_labels=train_y, eval_images=eval_x, eval_labels=eval_y,
                                eval_split_name=eval_name, mean=tuple(mean), std=tuple(std),
                                augment_policy=policy)
+
+
+def _split(path: str, arrays: dict, holdout_per_class: int):
+    """((train x, y), (eval x, y), eval split name): test/ if there is one, else a hold-out."""
+    train_x, train_y = arrays["train_images"], arrays["train_labels"]
+    if "test_images" in arrays:
+        eval_y = arrays["test_labels"]
+        return (train_x, train_y), (arrays["test_images"], eval_y), \
+            f"test ({len(eval_y):,} images)"
+    if holdout_per_class <= 0:
+        raise DataError(f"{path}: has no test/ split and holdout_per_class={holdout_per_class}; "
+                        f"set --config.holdout_per_class to a positive number (e.g. 500 for "
+                        f"CIFAR-10)")
+    train_idx, eval_idx = sources.holdout_last_per_class(train_y, holdout_per_class)
+    name = sources.held_out_name(holdout_per_class, len(eval_idx))
+    return (train_x[train_idx], train_y[train_idx]), (train_x[eval_idx], train_y[eval_idx]), name

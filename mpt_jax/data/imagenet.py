@@ -1,4 +1,4 @@
-"""ImageNet (tfds `imagenet2012`) through tf.data, per-host sharded (SPEC 6.5).
+"""ImageNet (tfds `imagenet2012`) through tf.data, per-host sharded, preprocessed as the reference.
 
 TensorFlow and tensorflow_datasets are imported only inside this module's functions. Each
 process reads its own slice of the split (tfds.split_for_jax_process), decodes and augments
@@ -7,8 +7,8 @@ the per-host batches become one global array with jax.make_array_from_process_lo
 normalisation to float32 happens on the device (4x fewer bytes to transfer).
 
 Train: RandomResizedCrop 224 (scale (0.08, 1), ratio (3/4, 4/3), bilinear) + horizontal flip.
-Eval:  resize the shorter side to 256 + centre crop 224. Mean/std (0.485, 0.456, 0.406) /
-(0.229, 0.224, 0.225).
+Eval:  resize the shorter side to 256 + centre crop 224. The image shape and the mean/std are
+the registry entry's (registry.py).
 config.data_dir is the tfds data dir (prepared TFRecords in data_dir/imagenet2012/<version>;
 "" = tfds' default, ~/tensorflow_datasets or $TFDS_DATA_DIR). The first run prepares them from
 the manual download ILSVRC2012_img_train.tar + ILSVRC2012_img_val.tar, looked for in data_dir
@@ -24,13 +24,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mpt_jax.data import augment as aug
-from mpt_jax.data import sources
-from mpt_jax.data.errors import DataError, DataNotFoundError
+from mpt_jax.data import registry, sources
 from mpt_jax.data.in_memory import DATA_AXIS, check_batch_size
+from mpt_jax.errors import DataError, DataNotFoundError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SIZE = 224
+INFO = registry.get("imagenet2012")
+IMAGE_SIZE = INFO.image_shape[0]  # square crops
 RESIZE_SIZE = 256
 SHUFFLE_BUFFER = 16 * 1024
 MANUAL_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -66,7 +65,7 @@ def prepare_builder(tfds, data_dir):
     A missing manual download becomes one DataNotFoundError line naming both places looked in
     (tfds raises a multi-line AssertionError)."""
     data_dir, manual_dir = resolve_dirs(data_dir)
-    builder = tfds.builder("imagenet2012", data_dir=data_dir)
+    builder = tfds.builder(INFO.tfds_name, data_dir=data_dir)
     try:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -136,10 +135,10 @@ def resize_center_crop(tf, image_bytes):
 
 
 class ImageNetDataset:
-    """The PREAMBLE data contract for imagenet2012 (tf.data, per-host shards)."""
+    """The dataset object of get_dataset for imagenet2012 (tf.data, per-host shards)."""
 
-    name = "imagenet2012"
-    image_shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
+    name = INFO.name
+    image_shape = INFO.image_shape
 
     def __init__(self, config, mesh):
         self._tf, self._tfds = import_tf()
@@ -169,7 +168,7 @@ class ImageNetDataset:
         self.eval_steps = math.ceil(math.ceil(self.num_eval / processes) / self.local_eval_batch)
         self.mesh = mesh
         self.batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-        self._normalize = jax.jit(lambda x: aug.normalize(x, IMAGENET_MEAN, IMAGENET_STD),
+        self._normalize = jax.jit(lambda x: aug.normalize(x, INFO.mean, INFO.std),
                                   out_shardings=self.batch_sharding)
 
     def _read(self, split, shuffle_seed=None):

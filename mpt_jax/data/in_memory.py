@@ -2,7 +2,7 @@
 
 The uint8 dataset is placed on every device of the mesh once (replicated: every host loads the
 same arrays, so this also works multi-host). One jitted function per batch gathers the examples
-of a step from the epoch's permutation, augments them (SPEC 6.5), normalises them and returns
+of a step from the epoch's permutation, augments them (augment.py), normalises them and returns
 a GLOBAL batch sharded over mesh axis "data" -- no host round trip per step. CIFAR-10 is
 150 MB as uint8, small enough for any accelerator.
 """
@@ -17,9 +17,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mpt_jax.data import augment as aug
-from mpt_jax.data.errors import DataError
-from mpt_jax.errors import ConfigError  # a ValueError that main reports as one line
 from mpt_jax.data.sources import ArraySource
+from mpt_jax.errors import ConfigError, DataError
 
 DATA_AXIS = "data"
 
@@ -47,7 +46,7 @@ def replicate(x: np.ndarray, mesh):
 
 
 class InMemoryDataset:
-    """Implements the data contract (PREAMBLE "Data") over an ArraySource."""
+    """The dataset object of get_dataset over an ArraySource held on every device."""
 
     def __init__(self, source: ArraySource, mesh, *, batch_size: int, eval_batch_size: int,
                  seed: int, augment: bool = True):
@@ -68,7 +67,7 @@ class InMemoryDataset:
         self.eval_split_name = source.eval_split_name
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.steps_per_epoch = num_train // batch_size  # last partial batch dropped (SPEC item 31)
+        self.steps_per_epoch = num_train // batch_size  # last partial batch dropped, as the reference
         self.eval_steps = math.ceil(self.num_eval / eval_batch_size)
         self.seed = int(seed)
         self.mean, self.std = tuple(source.mean), tuple(source.std)

@@ -1,7 +1,8 @@
 """Array sources for the in-memory pipeline: uint8 NHWC images, int32 labels, class names.
 
 Every source returns an `ArraySource`; the in-memory pipeline (in_memory.py) only ever sees
-this type, so the digits, tfds and image-folder sources are interchangeable.
+this type, so the digits, tfds and image-folder sources are interchangeable. What each dataset
+is (shape, classes, normalisation, split rule) is registry.py's; these functions read it.
 """
 from __future__ import annotations
 
@@ -11,16 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from mpt_jax.data.errors import DataError, DataNotFoundError
-
-# SPEC 6.5: CIFAR-10 normalisation constants of the reference.
-CIFAR10_MEAN = (0.491, 0.482, 0.447)
-CIFAR10_STD = (0.247, 0.243, 0.262)
-# The customary MNIST constants (mean/std of the 60,000 training images scaled to [0, 1]).
-MNIST_MEAN = (0.1307,)
-MNIST_STD = (0.3081,)
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+from mpt_jax.errors import DataError, DataNotFoundError
 
 # Fraction of each digits class held out for evaluation (the last images of every class).
 DIGITS_HOLDOUT_FRACTION = 0.2
@@ -37,7 +29,7 @@ class ArraySource:
       train_labels / eval_labels: int32 arrays (N,).
       eval_split_name: human-readable description of the eval split (printed with accuracies).
       mean / std: per-channel normalisation constants on the [0, 1] scale.
-      augment_policy: "pad_crop_flip" (SPEC 6.5 CIFAR augmentation) or "none".
+      augment_policy: "pad_crop_flip" (the CIFAR augmentation, augment.py) or "none".
     """
     name: str
     class_names: tuple
@@ -110,11 +102,11 @@ def load_digits() -> ArraySource:
     mean, std = channel_stats(images[train_idx])
     return ArraySource(
         name="digits",
-        class_names=tuple(str(c) for c in range(10)),
+        class_names=tuple(str(c) for c in digits.target_names),
         train_images=images[train_idx], train_labels=labels[train_idx],
         eval_images=images[eval_idx], eval_labels=labels[eval_idx],
-        eval_split_name=(f"held-out: last 20% per class of sklearn digits "
-                         f"({len(eval_idx):,} images)"),
+        eval_split_name=(f"held-out: last {DIGITS_HOLDOUT_FRACTION:.0%} per class of sklearn "
+                         f"digits ({len(eval_idx):,} images)"),
         mean=mean, std=std, augment_policy="none")
 
 
@@ -163,38 +155,28 @@ def download_failed(name: str, data_dir, error: Exception) -> DataError:
         f"tree or .tar(.gz) archive (e.g. ../shared/data/cifar10_train_jpeg.tar.gz)")
 
 
-def load_tfds_arrays(name: str, data_dir: Optional[str] = None,
-                     holdout_per_class: int = 0) -> ArraySource:
-    """CIFAR-10 or MNIST as numpy arrays through tensorflow-datasets (train + test splits).
+def load_tfds_arrays(info, data_dir: Optional[str] = None) -> ArraySource:
+    """The train and test splits of a tensorflow-datasets dataset as numpy arrays.
 
-    The tfds "test" split is the eval split unless holdout_per_class > 0 *and* the caller asked
-    for a held-out split (not used by get_dataset: with tfds the real test split is used).
+    ``info`` is the dataset's registry entry (its tfds name, normalisation and augmentation);
+    the tfds test split is the eval split.
     """
-    if name not in ("cifar10", "mnist"):
-        raise DataError(f"load_tfds_arrays supports cifar10 and mnist, not {name!r}")
     tfds = import_tfds()
-    builder = tfds.builder(name, data_dir=os.path.expanduser(data_dir) if data_dir else None)
+    builder = tfds.builder(info.tfds_name,
+                           data_dir=os.path.expanduser(data_dir) if data_dir else None)
     try:
         builder.download_and_prepare()  # a no-op when the prepared copy exists
     except Exception as e:  # pylint: disable=broad-except  (offline: requests.ConnectionError, ...)
-        raise download_failed(name, builder.data_dir, e) from e
+        raise download_failed(info.name, builder.data_dir, e) from e
     splits = {split: _read_split(tfds, builder, split) for split in ("train", "test")}
     class_names = tuple(builder.info.features["label"].names)
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
-    eval_name = f"test ({len(test_y):,} images)"
-    if holdout_per_class > 0:
-        train_idx, eval_idx = holdout_last_per_class(train_y, holdout_per_class)
-        test_x, test_y = train_x[eval_idx], train_y[eval_idx]
-        train_x, train_y = train_x[train_idx], train_y[train_idx]
-        eval_name = held_out_name(holdout_per_class, len(test_y))
-    if name == "cifar10":
-        mean, std, policy = CIFAR10_MEAN, CIFAR10_STD, "pad_crop_flip"
-    else:
-        mean, std, policy = MNIST_MEAN, MNIST_STD, "none"
-    return ArraySource(name=name, class_names=class_names, train_images=train_x,
+    return ArraySource(name=info.name, class_names=class_names, train_images=train_x,
                        train_labels=train_y, eval_images=test_x, eval_labels=test_y,
-                       eval_split_name=eval_name, mean=mean, std=std, augment_policy=policy)
+                       eval_split_name=f"test ({len(test_y):,} images)", mean=info.mean,
+                       std=info.std, augment_policy=info.augment_policy)
 
 
 def held_out_name(per_class: int, total: int) -> str:
+    """How accuracies name a split held out of train by ``holdout_last_per_class``."""
     return f"held-out: last {per_class:,} per class of train ({total:,} images)"
