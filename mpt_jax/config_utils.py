@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any, Iterable
 
 import ml_collections
 from ml_collections import config_dict
 
+from mpt_jax.data import registry as datasets
+from mpt_jax.data.image_folder import default_cache_dir
 from mpt_jax.errors import ConfigError
 
 MODES = ("biprop", "edgepopup", "dense", "binary_trained")
-DATASETS = ("digits", "cifar10", "mnist", "imagenet2012", "image_folder")
-INPUT_PIPELINES = ("auto", "in_memory", "tfds")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 GRANULARITIES = ("epoch", "step")
@@ -32,7 +31,6 @@ MASK_IMPLS = ("auto", "per_layer", "batched")
 INITS = ("kaiming_normal", "signed_constant", "unsigned_constant")
 SCALE_FAN = ("none", "reference", "kept")
 FAN_MODES = ("fan_in", "fan_out")
-NUM_CLASSES = {"digits": 10, "cifar10": 10, "mnist": 10, "imagenet2012": 1000}
 # Fields that decide what a checkpoint contains; a resumed run must agree on all of them.
 FINGERPRINT_FIELDS = ("model", "model_options", "mode", "keep_fraction", "dataset", "weight_init",
                       "scale_fan", "fan_mode", "pruning", "bn_affine")
@@ -40,13 +38,6 @@ FINGERPRINT_FIELDS = ("model", "model_options", "mode", "keep_fraction", "datase
 BASELINE_FIELDS = ("optimizer", "learning_rate", "momentum", "weight_decay", "nesterov",
                    "schedule", "warmup_epochs", "batch_size", "eval_batch_size", "weight_init",
                    "scale_fan", "num_epochs", "label_smoothing")
-
-
-def default_cache_dir() -> str:
-    """Where decoded datasets and compiled steps are cached: $XDG_CACHE_HOME/mpt_jax, else
-    ~/.cache/mpt_jax (the XDG default)."""
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"),
-                        "mpt_jax")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -272,20 +263,10 @@ def _number(config, field: str, low: float, high: float, low_open=False, high_op
                           f"(set --config.{field}=...)")
 
 
-def dataset_names() -> tuple[str, ...]:
-    try:  # the data package may know more datasets than the contract lists
-        from mpt_jax import data  # noqa: PLC0415
-        names = getattr(data, "dataset_names", None)
-        if callable(names):
-            return tuple(names())
-    except ImportError:
-        pass
-    return DATASETS
-
-
 def num_classes_hint(config) -> int:
-    """Number of classes for validation / model checks before the data is opened."""
-    return int(config.get("num_classes", 0) or NUM_CLASSES.get(config.dataset, 10))
+    """Number of classes for validation / model checks before the data is opened: the
+    dataset's, or 10 for an image folder (its class count is known once it is read)."""
+    return int(config.get("num_classes", 0) or datasets.get(config.dataset).num_classes or 10)
 
 
 def model_kwargs(config, num_classes: int, dtype: Any = None) -> dict:
@@ -312,8 +293,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         raise ConfigError(f"unknown model {config.model!r}; valid models: "
                           f"{', '.join(models.model_names())} (set --config.model=...)")
     _choice(config, "mode", MODES)
-    _choice(config, "dataset", dataset_names())
-    _choice(config, "input_pipeline", INPUT_PIPELINES)
+    _choice(config, "dataset", datasets.names())
+    _choice(config, "input_pipeline", datasets.INPUT_PIPELINES)
     _choice(config, "optimizer", OPTIMIZERS)
     _choice(config, "schedule", SCHEDULES)
     _choice(config, "schedule_granularity", GRANULARITIES)
