@@ -1,4 +1,6 @@
-"""Tests for mpt_jax.data: sources, the in-memory on-device pipeline, image folders, bad input."""
+"""Tests for mpt_jax.data: sources, the in-memory on-device pipeline, image folders, bad input,
+the dataset registry."""
+import dataclasses
 import io
 import os
 import pathlib
@@ -365,6 +367,72 @@ def test_tfds_missing_gives_install_hint(monkeypatch, mesh8):
         data.get_dataset(make_config(dataset="cifar10"), mesh8)
     with pytest.raises(DataError, match=rf"{missing} is not installed.*pip install mpt_jax\[tf\]"):
         data.get_dataset(make_config(dataset="imagenet2012", batch_size=8, eval_batch_size=8), mesh8)
+
+
+# ---------------------------------------------------------------------------------------------
+# the dataset registry
+# ---------------------------------------------------------------------------------------------
+def test_registry_entries_are_consistent():
+    from mpt_jax import config_fields
+
+    assert registry.names() == ("digits", "cifar10", "mnist", "imagenet2012", "image_folder")
+    assert config_fields.BY_NAME["dataset"].valid == registry.names()  # what validation accepts
+    for name in registry.names():
+        info = registry.get(name)
+        assert info.name == name and info.summary and info.eval_split and info.title
+        if info.class_names is not None:
+            assert len(info.class_names) == info.num_classes, name
+        if info.image_shape is not None:
+            assert len(info.image_shape) == 3, name
+            if info.mean is not None:
+                assert len(info.mean) == len(info.std) == info.image_shape[-1], name
+        if info.streamed:  # exactly one kind of source
+            assert info.tfds_name and not info.folder and info.load is None, name
+        elif info.load is not None:
+            assert not info.folder and info.tfds_name is None, name
+        else:
+            assert info.folder or info.tfds_name, name
+        assert info.augment_policy in (("pad_crop_flip", "none") if not info.streamed else (None,))
+    assert registry.get("imagenet2012").image_shape == (224, 224, 3)
+    assert registry.get("imagenet2012").num_classes == 1000
+    assert registry.find("svhn") is None
+    with pytest.raises(DataError, match=r"dataset='svhn' is unknown; valid values: digits, "):
+        registry.get("svhn")
+
+
+def test_digits_entry_matches_the_data():
+    from sklearn.datasets import load_digits
+
+    raw, info = load_digits(), registry.get("digits")
+    assert info.image_shape == raw.images.shape[1:] + (1,)
+    assert info.class_names == tuple(str(c) for c in raw.target_names)
+    src = info.load()
+    assert (src.image_shape, src.class_names, src.num_classes) == (
+        info.image_shape, info.class_names, info.num_classes)
+
+
+def test_a_new_dataset_is_one_registry_entry(tmp_path, monkeypatch, mesh8):
+    """An image-folder dataset with fixed classes needs only its entry: the loaders check the
+    folder against it and use its normalisation and augmentation."""
+    arrays = make_tree(tmp_path / "tree", splits=("train", "test"))
+    info = registry.DatasetInfo(
+        name="tiny3", title="Tiny-3", summary="three classes of 6x6 RGB", image_shape=(6, 6, 3),
+        num_classes=3, eval_split="test", class_names=("ant", "bee", "cat"), folder=True,
+        mean=(0.5, 0.25, 0.125), std=(0.5, 0.5, 0.25), augment_policy="none")
+    monkeypatch.setitem(registry._BY_NAME, "tiny3", info)
+    cfg = make_config(dataset="tiny3", data_dir=str(tmp_path / "tree"), batch_size=8,
+                      eval_batch_size=8)
+    ds = data.get_dataset(cfg, mesh8)
+    assert (ds.name, ds.class_names, ds.image_shape) == ("tiny3", info.class_names, (6, 6, 3))
+    assert not ds.augment and ds.eval_split_name == "test (12 images)"
+    x, _ = expected_split(arrays, "test", range(4))
+    batch = next(ds.eval_batches())
+    np.testing.assert_allclose(np.asarray(batch["image"]), np_normalize(x[:8], info.mean,
+                                                                        info.std), atol=1e-5)
+    monkeypatch.setitem(registry._BY_NAME, "tiny3",
+                        dataclasses.replace(info, class_names=("ant", "bee", "dog")))
+    with pytest.raises(DataError, match=r"tree: not Tiny-3 \(classes \['ant', 'bee', 'cat'\]"):
+        data.get_dataset(cfg, mesh8)
 
 
 # ---------------------------------------------------------------------------------------------
