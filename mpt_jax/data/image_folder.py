@@ -31,7 +31,8 @@ SPLITS = ("train", "test")
 CACHE_FORMAT_VERSION = "1"
 _DECODE_CHUNK = 1024
 
-LAYOUT_HINT = "expected <root>/train/<class name>/<image>.jpg|png (optionally also test/<class>/...)"
+LAYOUT_HINT = ("expected <root>/train/<class name>/<image>.jpg|png (optionally also "
+               "test/<class>/...)")
 
 # (class name, file name, encoded bytes or a path) for one split.
 _Entry = Tuple[str, str, object]
@@ -97,8 +98,8 @@ def _list_archive(path: str):
                 if not member.isfile() or not _is_image_name(member.name):
                     continue
                 if len(rest) != 2:
-                    raise DataError(f"{path}: member {member.name!r} is not in the image-folder layout; "
-                                    f"{LAYOUT_HINT}")
+                    raise DataError(f"{path}: member {member.name!r} is not in the image-folder "
+                                    f"layout; {LAYOUT_HINT}")
                 data = tar.extractfile(member).read()
                 if len(data) != member.size:
                     raise DataError(f"{path}: member {member.name!r} is truncated; the archive is "
@@ -124,8 +125,8 @@ def _list_directory(root: str):
             if entry.name.startswith("."):
                 continue
             if entry.is_file() and _is_image_name(entry.name):
-                raise DataError(f"{entry.path}: image directly under {split}/ is not in the image-folder "
-                                f"layout; {LAYOUT_HINT}")
+                raise DataError(f"{entry.path}: image directly under {split}/ is not in the "
+                                f"image-folder layout; {LAYOUT_HINT}")
             if not entry.is_dir():
                 continue
             class_dirs[split].add(entry.name)
@@ -168,8 +169,8 @@ def _decode_chunk(items, wheres, mode, shape, out, start):
     for i, (data, where) in enumerate(zip(items, wheres)):
         arr = _decode_image(data, where, mode)
         if arr.shape != shape:
-            raise DataError(f"{where}: image has shape {arr.shape} but the first image has {shape}; "
-                            f"the in-memory pipeline needs equal sizes, resize the images")
+            raise DataError(f"{where}: image has shape {arr.shape} but the first image has "
+                            f"{shape}; the in-memory pipeline needs equal sizes, resize the images")
         out[start + i] = arr
 
 
@@ -188,8 +189,9 @@ def _decode_all(datas: List, wheres: List[str], num_workers: Optional[int] = Non
         _decode_chunk(datas, wheres, mode, first.shape, out, 0)
         return out
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-        futures = [pool.submit(_decode_chunk, datas[s:s + _DECODE_CHUNK], wheres[s:s + _DECODE_CHUNK],
-                               mode, first.shape, out, s) for s in starts]
+        futures = [pool.submit(_decode_chunk, datas[s:s + _DECODE_CHUNK],
+                               wheres[s:s + _DECODE_CHUNK], mode, first.shape, out, s)
+                   for s in starts]
         for f in futures:
             f.result()  # re-raises the first DataError
     return out
@@ -204,12 +206,12 @@ def _check_layout(path, entries, class_dirs):
     for split in SPLITS:
         empty = sorted(class_dirs[split] - {c for c, _, _ in entries[split]})
         if empty:
-            raise DataError(f"{path}: class folder {split}/{empty[0]}/ contains no images; add images "
-                            f"or remove the folder")
+            raise DataError(f"{path}: class folder {split}/{empty[0]}/ contains no images; add "
+                            f"images or remove the folder")
     extra = sorted(class_dirs["test"] - class_dirs["train"])
     if extra:
-        raise DataError(f"{path}: test/{extra[0]}/ has no matching train/{extra[0]}/ folder; the test "
-                        f"split must use the training classes")
+        raise DataError(f"{path}: test/{extra[0]}/ has no matching train/{extra[0]}/ folder; the "
+                        f"test split must use the training classes")
 
 
 def _decode_splits(path: str, archive: bool):
@@ -226,9 +228,10 @@ def _decode_splits(path: str, archive: bool):
                   for c, f, _ in items]
         arrays[f"{split}_images"] = _decode_all([d for _, _, d in items], wheres)
         arrays[f"{split}_labels"] = np.asarray([index[c] for c, _, _ in items], np.int32)
-    if "test_images" in arrays and arrays["test_images"].shape[1:] != arrays["train_images"].shape[1:]:
-        raise DataError(f"{path}: test images have shape {arrays['test_images'].shape[1:]} but train "
-                        f"images {arrays['train_images'].shape[1:]}; use one image size")
+    train_shape = arrays["train_images"].shape[1:]
+    if "test_images" in arrays and arrays["test_images"].shape[1:] != train_shape:
+        raise DataError(f"{path}: test images have shape {arrays['test_images'].shape[1:]} but "
+                        f"train images {train_shape}; use one image size")
     return arrays
 
 
@@ -267,8 +270,8 @@ def read_image_folder(path: str, cache_dir: Optional[str] = DEFAULT_CACHE_DIR) -
     and, when a test/ split exists, test_images and test_labels. cache_dir=None disables caching.
     """
     if not path:
-        raise DataNotFoundError("data_dir is empty; set --config.data_dir to an image-folder root or "
-                                "a .tar/.tar.gz archive")
+        raise DataNotFoundError("data_dir is empty; set --config.data_dir to an image-folder root "
+                                "or a .tar/.tar.gz archive")
     path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise DataNotFoundError(f"{path}: no such archive or directory; check --config.data_dir")

@@ -39,7 +39,7 @@ def import_tf():
     """TensorFlow + tfds, imported lazily; TF is kept off the accelerators (JAX owns them)."""
     tfds = sources.import_tfds()
     try:
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import tensorflow as tf  # noqa: PLC0415  (only here: mpt_jax runs without TensorFlow)
     except ImportError as e:
         raise DataError(f"tensorflow is not installed ({e}); {sources.TFDS_INSTALL_HINT}") from None
     try:
@@ -207,7 +207,8 @@ class ImageNetDataset:
 
         def preprocess(example):
             return dict(image=resize_center_crop(tf, example["image"]),
-                        label=tf.cast(example["label"], tf.int32), mask=tf.constant(1.0, tf.float32))
+                        label=tf.cast(example["label"], tf.int32),
+                        mask=tf.constant(1.0, tf.float32))
 
         real = self._read("validation").map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
         padding = tf.data.Dataset.from_tensors(dict(

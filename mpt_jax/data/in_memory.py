@@ -35,8 +35,9 @@ def check_batch_size(batch_size: int, mesh, field: str = "batch_size"):
     n = data_axis_size(mesh)
     if batch_size <= 0 or batch_size % n:
         fix = max(n, math.ceil(max(batch_size, 1) / n) * n)
-        raise ConfigError(f"{field}={batch_size} is not a positive multiple of the {n} devices on the "
-                         f"mesh's 'data' axis; set --config.{field} to a multiple of {n} (e.g. {fix})")
+        raise ConfigError(f"{field}={batch_size} is not a positive multiple of the {n} devices "
+                          f"on the mesh's 'data' axis; set --config.{field} to a multiple of {n} "
+                          f"(e.g. {fix})")
 
 
 def replicate(x: np.ndarray, mesh):
@@ -54,8 +55,8 @@ class InMemoryDataset:
         check_batch_size(eval_batch_size, mesh, "eval_batch_size")
         num_train = len(source.train_labels)
         if num_train < batch_size:
-            raise DataError(f"batch_size={batch_size} is larger than the {num_train} training images "
-                             f"of {source.name}; use a smaller --config.batch_size")
+            raise DataError(f"batch_size={batch_size} is larger than the {num_train} training "
+                            f"images of {source.name}; use a smaller --config.batch_size")
         if len(source.eval_labels) == 0:
             raise DataError(f"{source.name}: the eval split is empty")
         self.name = source.name
@@ -67,7 +68,8 @@ class InMemoryDataset:
         self.eval_split_name = source.eval_split_name
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.steps_per_epoch = num_train // batch_size  # last partial batch dropped, as the reference
+        # The last partial batch is dropped, as the reference does.
+        self.steps_per_epoch = num_train // batch_size
         self.eval_steps = math.ceil(self.num_eval / eval_batch_size)
         self.seed = int(seed)
         self.mean, self.std = tuple(source.mean), tuple(source.std)
@@ -76,8 +78,9 @@ class InMemoryDataset:
         self.batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
         self._train = (replicate(source.train_images, mesh), replicate(source.train_labels, mesh))
         self._eval = (replicate(source.eval_images, mesh), replicate(source.eval_labels, mesh))
-        self._permutation = jax.jit(lambda epoch: aug.train_permutation(self.seed, epoch, num_train),
-                                    out_shardings=NamedSharding(mesh, P()))
+        self._permutation = jax.jit(
+            lambda epoch: aug.train_permutation(self.seed, epoch, num_train),
+            out_shardings=NamedSharding(mesh, P()))
         self.train_batch_fn = jax.jit(self._make_train_batch, out_shardings=self.batch_sharding)
         self.eval_batch_fn = jax.jit(self._make_eval_batch, out_shardings=self.batch_sharding)
 
@@ -86,7 +89,8 @@ class InMemoryDataset:
         idx = jax.lax.dynamic_slice_in_dim(perm, step * self.batch_size, self.batch_size)
         x = images[idx]
         if self.augment:
-            dy, dx, flip = aug.augment_params(aug.augment_key(self.seed, epoch, step), self.batch_size)
+            key = aug.augment_key(self.seed, epoch, step)
+            dy, dx, flip = aug.augment_params(key, self.batch_size)
             x = aug.pad_crop_flip(x, dy, dx, flip)
         return dict(image=aug.normalize(x, self.mean, self.std), label=labels[idx])
 

@@ -85,7 +85,7 @@ def load_digits() -> ArraySource:
     augmentation: flipping digits changes their meaning, and they are too small to crop.
     Normalisation uses the mean/std of the training split (computed, so there are no magic numbers).
     """
-    from sklearn import datasets as sk_datasets  # scikit-learn is a core dependency
+    from sklearn import datasets as sk_datasets  # noqa: PLC0415  (slow to import; only here)
 
     digits = sk_datasets.load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
@@ -118,9 +118,10 @@ TFDS_INSTALL_HINT = ("install TensorFlow Datasets with `pip install mpt_jax[tf]`
 def import_tfds():
     """Imports tensorflow_datasets lazily (never at `import mpt_jax`) with a helpful error."""
     try:
-        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+        import tensorflow_datasets as tfds  # noqa: PLC0415  (only here: mpt_jax runs without it)
     except ImportError as e:
-        raise DataError(f"tensorflow_datasets is not installed ({e}); {TFDS_INSTALL_HINT}") from None
+        raise DataError(f"tensorflow_datasets is not installed ({e}); "
+                        f"{TFDS_INSTALL_HINT}") from None
     return tfds
 
 
