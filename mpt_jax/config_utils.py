@@ -169,8 +169,10 @@ def _check_combinations(config) -> None:
     if config.tune_batchnorm and config.mode not in ("biprop", "edgepopup"):
         raise ConfigError(f"tune_batchnorm fine-tunes BatchNorm of a ticket; it needs mode "
                           f"biprop or edgepopup, got mode={config.mode!r} {_fix('mode')}")
-    if config.dataset == "image_folder" and not config.data_dir:
-        raise ConfigError("dataset 'image_folder' needs --config.data_dir=<folder or archive>")
+    info = datasets.get(config.dataset)
+    if info.folder and info.tfds_name is None and not config.data_dir:  # only files hold it
+        raise ConfigError(f"dataset {config.dataset!r} needs --config.data_dir=<folder or "
+                          f"archive>")
 
 
 # ---------------------------------------------------------------------------
