@@ -1,4 +1,5 @@
-"""Small CIFAR ResNet depth sweep base, MPT-1/32 (the reference's resnet{20,...,110}-ukn-unsigned.yaml).
+"""Small CIFAR ResNet depth sweep base, MPT-1/32 (the reference's
+resnet{20,32,44,56,110}-ukn-unsigned.yaml).
 
     python -m mpt_jax.main --config=configs/cifar10_resnet20.py --workdir=runs/cifar10_resnet20
 

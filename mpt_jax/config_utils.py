@@ -139,8 +139,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     for name in config_fields.BY_NAME:
         if name in config:
             check_field(config, name)
-    try:
-        masks.check_method(config.get("mask_method", "radix_many"))
+    try:  # a pattern (compare<D>) rather than a list: masks.py checks it
+        masks.check_method(config.get("mask_method", config_fields.BY_NAME["mask_method"].default))
     except ValueError as e:
         raise ConfigError(f"mask_method: {e} {_fix('mask_method')}") from None
     _check_combinations(config)
