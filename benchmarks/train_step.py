@@ -56,7 +56,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mpt_jax import config_utils, ops, optim, parallel, select, train  # noqa: E402
+from configs import common as presets  # noqa: E402  (the repository root is on sys.path)
+from mpt_jax import config_fields, config_utils, ops, optim, parallel, select, train  # noqa: E402
+from mpt_jax.data import registry as datasets  # noqa: E402
 
 # model -> (config file, input size, classes). Other models: CIFAR preset if their name ends
 # in _cifar / starts with conv or vgg, else the ImageNet preset.
@@ -89,9 +91,9 @@ def load_config(model: str, mode: str, batch: int, precision: str, keep_fraction
         spec.loader.exec_module(module)
         config = module.get_config()
     elif model.endswith("_cifar") or model.startswith(("conv", "vgg", "wide_vgg")):
-        config = config_utils.cifar10_config(model)
+        config = presets.cifar10_config(model)
     else:
-        config = config_utils.imagenet_config(model)
+        config = presets.imagenet_config(model)
     config = config_utils.resolve(config)  # unlocked copy
     config.resolved = False
     config.mode = mode
@@ -104,14 +106,10 @@ def load_config(model: str, mode: str, batch: int, precision: str, keep_fraction
     return config_utils.resolve(config, overridden)
 
 
-def input_shape(config) -> tuple[int, int, int]:
-    return (32, 32, 3) if config.dataset in ("cifar10", "digits", "mnist") else (224, 224, 3)
-
-
 def build_step(config, mesh, seed: int = 0):
     """(jitted train step, replicated state, sharded random batch) of mpt_jax.train."""
-    image_shape = input_shape(config)
-    num_classes = config_utils.NUM_CLASSES.get(config.dataset, 10)
+    image_shape = datasets.get(config.dataset).image_shape
+    num_classes = datasets.get(config.dataset).num_classes
     model = train.create_model(config, num_classes)
     tx = optim.make_optimizer(config, 1000)
     state = train.create_train_state(config, model, tx, jax.random.PRNGKey(seed), image_shape)
@@ -371,8 +369,8 @@ def main(argv=None) -> int:
     from mpt_jax import masks  # noqa: PLC0415
     mask_impls = [s.strip() for s in args.mask_impl.split(",") if s.strip()]
     for s in mask_impls:
-        if s not in config_utils.MASK_IMPLS:
-            ap.error(f"--mask-impl {s!r}: choose from {', '.join(config_utils.MASK_IMPLS)}")
+        if s not in config_fields.MASK_IMPLS:
+            ap.error(f"--mask-impl {s!r}: choose from {', '.join(config_fields.MASK_IMPLS)}")
     mask_methods = [s.strip() for s in args.mask_method.split(",") if s.strip()]
     for s in mask_methods:
         try:

@@ -1,21 +1,15 @@
-"""Conv-4 MPT-1/32 on CIFAR-10 (SPEC 5.1, 6.8; reference conv4_kn_unsigned.yml).
+"""Conv-4 MPT-1/32 on CIFAR-10 (configs/cifar10_conv.py:depth=4).
 
     python -m mpt_jax.main --config=configs/cifar10_conv4.py --workdir=runs/cifar10_conv4
+    python -m mpt_jax.main --config=configs/cifar10_conv.py:depth=4     # the same config
 
-Sweep keep_fraction over 0.8, 0.6, 0.5, 0.4, 0.2, 0.1 (--config.keep_fraction=...).
-Paper: figure curves only (no single headline number). 2,425,024 scores.
-SGD 0.1, momentum 0.9, wd 1e-4, batch 128, cosine, 100 epochs, Kaiming normal + scale_fan.
-Eval split: 500 images per class held out of the shared training archive (45,000 train /
-5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
-comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (their SPEC 6.8
-hyperparameters are applied unless overridden); "+BN": --config.learn_batchnorm=True.
+The reference's conv4_kn_unsigned.yml: SGD 0.1, momentum 0.9, weight decay 1e-4, batch 128,
+cosine, 100 epochs, keep_fraction 0.5 (sweep --config.keep_fraction over 0.8, 0.6, 0.5, 0.4,
+0.2, 0.1). Paper: figure curves only (accuracy against the fraction pruned), no single
+number. 2,425,024 scores. The family's parameters and recipe: configs/cifar10_conv.py.
 """
-from mpt_jax import config_utils
+from configs import cifar10_conv
 
 
 def get_config():
-    config = config_utils.cifar10_config("conv4")
-    config.keep_fraction = 0.5
-    config.model_options.width_mult = 1.0
-    return config
+    return cifar10_conv.get_config("depth=4")

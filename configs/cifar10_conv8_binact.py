@@ -1,21 +1,15 @@
-"""Conv-8 MPT-1/1 (binary activations) on CIFAR-10 (SPEC 5.2, 6.8; conv8_BinAct_kn_unsigned.yml).
+"""Conv-8 MPT-1/1 (binary activations) on CIFAR-10 (configs/cifar10_conv.py:depth=8,binact).
 
     python -m mpt_jax.main --config=configs/cifar10_conv8_binact.py --workdir=runs/cifar10_conv8_binact
+    python -m mpt_jax.main --config=configs/cifar10_conv.py:depth=8,binact     # the same config
 
-Sweep keep_fraction over 0.8, 0.6, 0.5, 0.4, 0.2, 0.1 (--config.keep_fraction=...).
-Paper: figure curves only. Adam 0.1 (the reference's Adam has no weight decay), batch 128,
-cosine, 100 epochs, Kaiming normal + scale_fan, non-affine BN.
-Eval split: 500 images per class held out of the shared training archive (45,000 train /
-5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
-comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (their SPEC 6.8
-hyperparameters are applied unless overridden); "+BN": --config.learn_batchnorm=True.
+The reference's conv8_BinAct_kn_unsigned.yml: Adam 0.1 (no weight decay), batch 128,
+cosine, 100 epochs, keep_fraction 0.5 (sweep --config.keep_fraction over 0.8, 0.6, 0.5, 0.4,
+0.2, 0.1). Paper: figure curves only (accuracy against the fraction pruned), no single
+number. 5,275,840 scores. The family's parameters and recipe: configs/cifar10_conv.py.
 """
-from mpt_jax import config_utils
+from configs import cifar10_conv
 
 
 def get_config():
-    config = config_utils.cifar10_adam_config("conv8_binact", learning_rate=0.1)
-    config.keep_fraction = 0.5
-    config.model_options.width_mult = 1.0
-    return config
+    return cifar10_conv.get_config("depth=8,binact")

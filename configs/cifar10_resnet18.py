@@ -1,4 +1,4 @@
-"""ResNet-18 MPT-1/32, 80 % pruned, on CIFAR-10 (SPEC 5.4, 6.10; resnet18-kn-unsigned.yaml).
+"""ResNet-18 MPT-1/32, 80 % pruned, on CIFAR-10 (the reference's resnet18-kn-unsigned.yaml).
 
     python -m mpt_jax.main --config=configs/cifar10_resnet18.py --workdir=runs/cifar10_resnet18
 
@@ -8,14 +8,14 @@ Kaiming normal + scale_fan. Dense baseline (resnet18-dense.yaml): SGD 0.1, wd 5e
 Eval split: 500 images per class held out of the shared training archive (45,000 train /
 5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
 comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (their SPEC 6.8
-hyperparameters are applied unless overridden); "+BN": --config.learn_batchnorm=True.
+Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
+hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
 """
-from mpt_jax import config_utils
+from configs import common
 
 
 def get_config():
-    config = config_utils.cifar10_config("resnet18_cifar")
+    config = common.cifar10_config("resnet18_cifar")
     config.keep_fraction = 0.2
     config.weight_decay = 5e-4
     config.batch_size = 256

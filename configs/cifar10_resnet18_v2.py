@@ -1,24 +1,24 @@
-"""ResNet-18 v2 MPT-1/32 on CIFAR-10 (SPEC 5.4, 6.8; resnet18_v2-affine-kn-unsigned.yaml).
+"""ResNet-18 v2 MPT-1/32 on CIFAR-10 (the reference's resnet18_v2-affine-kn-unsigned.yaml).
 
     python -m mpt_jax.main --config=configs/cifar10_resnet18_v2.py --workdir=runs/cifar10_resnet18_v2
 
 cResNet18_v2: the second BatchNorm of every BasicBlock moved after the residual add
 (models/resnet_v2.py). Reference file: SGD 0.1, momentum 0.9, wd 5e-4, batch 256, cosine,
 100 epochs, keep_fraction 0.3, Kaiming normal + scale_fan, AffineBatchNorm (gamma/beta exist
-but stay at 1/0 unless --config.learn_batchnorm=True, SPEC 8 item 16).
+but stay at 1/0 unless --config.learn_batchnorm=True, as the reference).
 No reported number for the v2 model; for comparison, the v1 ResNet-18 MPT-1/32 reached
 94.66 % (paper, keep_fraction 0.2, configs/cifar10_resnet18.py).
 Eval split: 500 images per class held out of the shared training archive (45,000 train /
 5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
 comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (their SPEC 6.8
-hyperparameters are applied unless overridden); "+BN": --config.learn_batchnorm=True.
+Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
+hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
 """
-from mpt_jax import config_utils
+from configs import common
 
 
 def get_config():
-    config = config_utils.cifar10_config("resnet18_cifar_v2")
+    config = common.cifar10_config("resnet18_cifar_v2")
     config.keep_fraction = 0.3
     config.bn_affine = True
     config.weight_decay = 5e-4

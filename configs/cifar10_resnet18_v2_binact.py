@@ -1,4 +1,4 @@
-"""ResNet-18 v2 MPT-1/1 (binary activations) on CIFAR-10 (SPEC 5.4, 6.8;
+"""ResNet-18 v2 MPT-1/1 (binary activations) on CIFAR-10 (the reference's
 resnet18_v2-affine-BinAct-kn-unsigned.yaml).
 
     python -m mpt_jax.main --config=configs/cifar10_resnet18_v2_binact.py --workdir=runs/cifar10_resnet18_v2_binact
@@ -7,20 +7,20 @@ cResNet18_BinAct_v2: sign activations, the second BatchNorm of every BasicBlock 
 the residual add (models/resnet_v2.py). Reference file: Adam 0.1 (the reference's Adam has no
 weight decay), batch 256, cosine, 100 epochs, keep_fraction 0.3, Kaiming normal + scale_fan,
 AffineBatchNorm (gamma/beta exist but stay at 1/0 unless --config.learn_batchnorm=True,
-SPEC 8 item 16).
+as the reference).
 No reported number for this model; the closest reported CIFAR-10 ResNet-18 result is the
 v1 MPT-1/32 (ReLU) 94.66 % (paper, configs/cifar10_resnet18.py).
 Eval split: 500 images per class held out of the shared training archive (45,000 train /
 5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
 comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (their SPEC 6.8
-hyperparameters are applied unless overridden); "+BN": --config.learn_batchnorm=True.
+Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
+hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
 """
-from mpt_jax import config_utils
+from configs import common
 
 
 def get_config():
-    config = config_utils.cifar10_adam_config("resnet18_cifar_v2_binact", learning_rate=0.1)
+    config = common.cifar10_adam_config("resnet18_cifar_v2_binact", learning_rate=0.1)
     config.keep_fraction = 0.3
     config.bn_affine = True
     config.batch_size = 256

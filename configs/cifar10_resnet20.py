@@ -1,21 +1,22 @@
-"""Small CIFAR ResNet depth sweep base, MPT-1/32 (SPEC 5.5, 6.10 "Depth sweep").
+"""Small CIFAR ResNet depth sweep base, MPT-1/32 (the reference's
+resnet{20,32,44,56,110}-ukn-unsigned.yaml).
 
     python -m mpt_jax.main --config=configs/cifar10_resnet20.py --workdir=runs/cifar10_resnet20
 
 Depths 20/32/44/56/110: --config.model=resnet56_cifar (MPT-1/1: resnet56_cifar_binact with
 --config.optimizer=adam). Paper: figures only. SGD 0.1, wd 5e-4, batch 256, cosine, 100
-epochs, Kaiming normal without fan scaling ("ukn"); global average pooling head (SPEC decision 21).
+epochs, Kaiming normal without fan scaling ("ukn"); global average pooling head.
 Eval split: 500 images per class held out of the shared training archive (45,000 train /
 5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
 comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (their SPEC 6.8
-hyperparameters are applied unless overridden); "+BN": --config.learn_batchnorm=True.
+Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
+hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
 """
-from mpt_jax import config_utils
+from configs import common
 
 
 def get_config():
-    config = config_utils.cifar10_config("resnet20_cifar")
+    config = common.cifar10_config("resnet20_cifar")
     config.keep_fraction = 0.5
     config.scale_fan = "none"
     config.weight_decay = 5e-4

@@ -1,4 +1,4 @@
-"""VGG-Small MPT-1/32, 95 % pruned, on CIFAR-10 (SPEC 5.3, 6.10; vgg_small_kn_unsigned.yml).
+"""VGG-Small MPT-1/32, 95 % pruned, on CIFAR-10 (the reference's vgg_small_kn_unsigned.yml).
 
     python -m mpt_jax.main --config=configs/cifar10_vgg_small.py --workdir=runs/cifar10_vgg_small
 
@@ -7,13 +7,13 @@ Paper / README: 91.48 % (CIFAR-10 test). Adam 0.1 as in the file (no weight deca
 Eval split: 500 images per class held out of the shared training archive (45,000 train /
 5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
 comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (their SPEC 6.8
-hyperparameters are applied unless overridden); "+BN": --config.learn_batchnorm=True.
+Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
+hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
 """
-from mpt_jax import config_utils
+from configs import common
 
 
 def get_config():
-    config = config_utils.cifar10_adam_config("vgg_small", learning_rate=0.1)
+    config = common.cifar10_adam_config("vgg_small", learning_rate=0.1)
     config.keep_fraction = 0.05
     return config

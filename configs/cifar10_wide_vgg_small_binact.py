@@ -1,4 +1,4 @@
-"""VGG-Small 1.25x MPT-1/1 (Wide_VGG_Small, width_mult 10) on CIFAR-10 (SPEC 5.3, 6.10).
+"""VGG-Small 1.25x MPT-1/1 (Wide_VGG_Small, width_mult 10) on CIFAR-10.
 
     python -m mpt_jax.main --config=configs/cifar10_wide_vgg_small_binact.py --workdir=runs/cifar10_wide_vgg_small_binact
 
@@ -9,14 +9,14 @@ the affine file's Adam 2e-4: expected 91.9 %.
 Eval split: 500 images per class held out of the shared training archive (45,000 train /
 5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
 comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (their SPEC 6.8
-hyperparameters are applied unless overridden); "+BN": --config.learn_batchnorm=True.
+Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
+hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
 """
-from mpt_jax import config_utils
+from configs import common
 
 
 def get_config():
-    config = config_utils.cifar10_adam_config("wide_vgg_small_binact", learning_rate=0.1)
+    config = common.cifar10_adam_config("wide_vgg_small_binact", learning_rate=0.1)
     config.keep_fraction = 0.25
     config.model_options.width_mult = 10.0
     config.learn_batchnorm_hparams.learning_rate = 2e-4

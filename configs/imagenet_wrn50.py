@@ -1,4 +1,4 @@
-"""WRN-50-2 MPT-1/32, 80 % pruned, on ImageNet (SPEC 5.6, 6.9, 6.10; wideresnet50-usc-unsigned.yaml).
+"""WRN-50-2 MPT-1/32, 80 % pruned, on ImageNet (wideresnet50-usc-unsigned.yaml).
 
     python -m mpt_jax.main --config=configs/imagenet_wrn50.py --workdir=runs/imagenet_wrn50 \
         --config.data_dir=/path/to/tensorflow_datasets
@@ -10,11 +10,11 @@ cosine with 5 warmup epochs, label smoothing 0.1, 100 epochs (the paper's Table 
 non-affine BN. Data: tfds imagenet2012 with the manual download in data_dir.
 Baselines: --config.mode=dense | edgepopup | binary_trained.
 """
-from mpt_jax import config_utils
+from configs import common
 
 
 def get_config():
-    config = config_utils.imagenet_config("wrn50_2")
+    config = common.imagenet_config("wrn50_2")
     config.keep_fraction = 0.2
     config.weight_init = "signed_constant"
     config.scale_fan = "none"

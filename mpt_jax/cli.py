@@ -8,6 +8,7 @@ import re
 import shlex
 import sys
 
+from mpt_jax import config_fields
 from mpt_jax.errors import one_line
 
 
@@ -37,6 +38,17 @@ def default_config_path() -> str:
     return default
 
 
+def default_workdir(config_arg: str) -> str:
+    """runs/<config file stem>, with the config's parameters if it has any
+    (configs/cifar10_conv.py:depth=4,binact -> runs/cifar10_conv_depth-4_binact), so that the
+    members of a parametrised family never share a workdir."""
+    path, _, params = config_arg.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    if params:
+        name += "_" + re.sub(r"[^\w.-]+", "_", params.replace("=", "-")).strip("_")
+    return os.path.join("runs", name)
+
+
 def define_main_flags(flag_values) -> None:
     """``python -m mpt_jax.main``'s flags (--config, --workdir, --multihost), once.
 
@@ -49,7 +61,8 @@ def define_main_flags(flag_values) -> None:
         return
     config_flags.DEFINE_config_file(
         "config", default_config_path(), "Experiment config file (configs/*.py); fields can "
-        "be overridden with --config.<field>=<value>.", lock_config=True,
+        "be overridden with --config.<field>=<value>; a parametrised config takes its "
+        "parameters after a colon (configs/cifar10_conv.py:depth=4,binact).", lock_config=True,
         flag_values=flag_values)
     flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, "
                         "tensorboard/); default runs/<config file stem>.",
@@ -60,7 +73,8 @@ def define_main_flags(flag_values) -> None:
 
 
 def help_text(flag_values, config) -> str:
-    """``--help``: the flags and every field of the selected config with its value."""
+    """``--help``: the flags, then every field of the selected config with its value and a
+    line saying what it means (config_fields.py), grouped as the table groups them."""
     lines = ["usage: python -m mpt_jax.main [--config=configs/<name>.py] [--workdir=DIR] "
              "[--config.<field>=<value> ...]", "", "flags:"]
     for name in ("config", "workdir", "multihost"):
@@ -68,16 +82,27 @@ def help_text(flag_values, config) -> str:
         default = default_config_path() if name == "config" else flag.default
         lines.append(f"  --{name}: {flag.help} (default: {default})")
     lines += ["", "config fields of this config (override with --config.<field>=<value>):"]
-
-    def walk(prefix, value):
-        if hasattr(value, "items"):
-            for key, item in sorted(value.items()):
-                walk(f"{prefix}.{key}", item)
-        else:
-            lines.append(f"  --config{prefix}={value!r}")
-
-    walk("", config)
+    known = [f.name for f in config_fields.FIELDS if f.name in config]
+    others = sorted(k for k in config.keys() if k not in config_fields.BY_NAME)
+    section = None
+    for name in known + others:
+        here = config_fields.SECTION_OF.get(name, "other fields")
+        if here != section:
+            section = here
+            lines += ["", f" {section}:"]
+        lines += _value_lines(f"--config.{name}", config[name])
+        lines.append(f"      {config_fields.help_line(name) or 'not a field of mpt_jax'}")
     return "\n".join(lines)
+
+
+def _value_lines(prefix: str, value) -> list[str]:
+    """``  --config.a.b=value`` for every leaf under ``prefix`` (``={}`` for an empty group)."""
+    if not hasattr(value, "items"):
+        return [f"  {prefix}={value!r}"]
+    if not value:
+        return [f"  {prefix}={{}}"]
+    return [line for key, item in sorted(value.items())
+            for line in _value_lines(f"{prefix}.{key}", item)]
 
 
 def stdout_closed() -> None:
@@ -99,6 +124,17 @@ def flag_error_message(error: Exception, argv) -> str:
     text = one_line(error)
     if "Failed loading config file" in text or "earlier failure to load" in text:
         return f"cannot load the config file: {text.split('Attempted')[-1].strip()}"
+    given = next((a for a in argv[1:] if re.match(r"-{1,2}config=", a)), "--config")
+    if isinstance(error, ImportError):
+        hint = (" (configs/*.py import configs/common.py: run from the repository root)"
+                if error.name == "configs" else "")
+        return f"cannot load the config of {given}: {text}{hint}"
+    if "Error whilst parsing config file" in text:
+        # config_flags puts the config file's whole traceback in the message: keep its last
+        # line, the exception raised by the file (e.g. a bad parameter after the colon).
+        found = re.findall(r"\b[A-Za-z]*(?:Error|Exception): (.*?)(?= \w*(?:Error|Exception): |$)",
+                           text.split("Traceback", 1)[-1])
+        return f"cannot load the config of {given}: {found[-1] if found else text}"
     if isinstance(error, (KeyError, AttributeError)):
         # ml_collections: "'key'\nDid you mean "other" instead of "key"?" (KeyError adds repr).
         raw = error.args[0] if error.args else text
@@ -109,8 +145,8 @@ def flag_error_message(error: Exception, argv) -> str:
         key = first.strip("\"' ").split(".")[-1]
         arg = next((a for a in argv if a.startswith("--config.") and key in a.split("=")[0]), key)
         hint = f"; {one_line(hint)}" if hint.strip() else ""
-        return (f"unknown config field in {arg!r}: the config has no field {key!r}{hint} (see "
-                "config_utils.base_config and the config file for valid fields)")
+        return (f"unknown config field in {arg!r}: the config has no field {key!r}{hint} "
+                "(--help lists the fields)")
     return text
 
 

@@ -3,8 +3,10 @@
 ``main`` prints ``error: <message>`` (one line, no traceback) and exits with the error's
 ``exit_code``: 2 for bad input (config, data, workdir), 3 when training stopped on a
 non-finite loss or gradient, 4 when a checkpoint could not be written during training, 143 /
-130 when SIGTERM / Ctrl-C stopped the run after saving a checkpoint. Library code raises the most specific subclass; ``ConfigError`` is also a
-``ValueError`` so callers that only know the "bad input is a ValueError" rule still work.
+130 when SIGTERM / Ctrl-C stopped the run after saving a checkpoint. Library code raises the
+most specific subclass; ``ConfigError`` and ``DataError`` are also ``ValueError``s so callers
+that only know the "bad input is a ValueError" rule still work. This is the package's only
+error module: ``mpt_jax.data.DataError`` is the ``DataError`` defined here.
 """
 from __future__ import annotations
 
@@ -25,7 +27,11 @@ class ConfigError(UserError, ValueError):
 
 
 class DataError(UserError, ValueError):
-    """Missing, empty, corrupt or wrongly laid-out data."""
+    """Missing, empty, corrupt or wrongly laid-out data; the message names the file and the fix."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """The configured archive, directory or file does not exist."""
 
 
 class CheckpointError(UserError):

@@ -45,16 +45,16 @@ def run(argv: list[str]) -> int:
                                config_default=cli.default_config_path())
         config = FLAGS.config
         config.keys()  # a config file that failed to load raises here
-    except (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError) as e:
+    except (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError,
+            ImportError) as e:  # ImportError: a config file's own import failed
         return _fail(cli.flag_error_message(e, argv))
     if wants_help:
         cli.print_help(cli.help_text(FLAGS, config))
         return 0
     from mpt_jax import parallel, train  # noqa: PLC0415  (jax starts after flag parsing)
 
-    config_file = config_flags.get_config_filename(FLAGS["config"]).split(":")[0]
-    workdir = FLAGS.workdir or os.path.join(
-        "runs", os.path.splitext(os.path.basename(config_file))[0])
+    workdir = FLAGS.workdir or cli.default_workdir(config_flags.get_config_filename(
+        FLAGS["config"]))
     resume = cli.resume_command(argv, workdir)
     old_term = signal.signal(signal.SIGTERM, _on_sigterm) if (
         threading.current_thread() is threading.main_thread()) else None

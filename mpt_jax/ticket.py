@@ -64,6 +64,7 @@ from flax import traverse_util
 
 import mpt_jax
 from mpt_jax import layers, ops
+from mpt_jax.data import registry as datasets
 from mpt_jax.models import get_model, model_options
 
 MAGIC = b"MPTJAXTK"
@@ -889,10 +890,6 @@ def summary_table(source, **kwargs) -> str:
 # ---------------------------------------------------------------------------
 # Runs (workdirs written by mpt_jax.train) and evaluation
 
-IMAGE_SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "mnist": (28, 28, 1),
-                "imagenet2012": (224, 224, 3)}
-
-
 def run_init_key(seed: int):
     """The key ``train.create_train_state`` gives ``model.init`` for ``config.seed``:
     ``split(PRNGKey(seed))[0]`` (keep in sync with mpt_jax.train)."""
@@ -905,10 +902,11 @@ def run_image_shape(config, image_shape=None) -> tuple[int, ...]:
     if config.get("image_shape"):
         return tuple(int(d) for d in config.image_shape)
     dataset = config.get("dataset", "")
-    if dataset not in IMAGE_SHAPES:
+    info = datasets.find(dataset)
+    if info is None or info.image_shape is None:
         raise TicketError(f"cannot tell the image shape of dataset {dataset!r}; pass "
                           f"--image_shape=H,W,C")
-    return IMAGE_SHAPES[dataset]
+    return info.image_shape
 
 
 def _num_classes(config, params) -> int:

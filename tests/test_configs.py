@@ -1,5 +1,6 @@
-"""Every shipped config loads, resolves, validates and builds its model (no training);
-invalid values fail with one clear line (issue 3 "Command line and configs", issue 4)."""
+"""Every shipped config loads, resolves, validates and builds its model (no training); the
+parametrised Conv-n config and its aliases agree; every field is documented; invalid values
+fail with one clear line (issue 3 "Command line and configs", issue 4)."""
 import glob
 import importlib.util
 import os
@@ -9,13 +10,15 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
-from mpt_jax import config_utils, train
+from mpt_jax import cli, config_fields, config_utils, train
 from mpt_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if os.path.basename(p) != "common.py")  # the presets, not a config
 INPUT_SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "mnist": (28, 28, 1),
                 "imagenet2012": (224, 224, 3)}
 HEADLINE = ["cifar10_conv2", "cifar10_conv4", "cifar10_conv6", "cifar10_conv8",
@@ -53,6 +56,57 @@ def test_config_loads_validates_and_builds(path):
     assert out.shape == (2, num_classes)
 
 
+# Each file of the Conv-n family and the parameters of configs/cifar10_conv.py it stands for.
+CONV_ALIASES = {f"cifar10_conv{n}{suffix}": f"depth={n}{param}"
+                for n in (2, 4, 6, 8) for suffix, param in (("", ""), ("_binact", ",binact"))}
+CONV_ALIASES["cifar10_conv8_wide"] = "depth=8,scale_fan=none"
+
+
+@pytest.mark.parametrize("name", sorted(CONV_ALIASES))
+def test_conv_alias_is_its_parametrised_config(name):
+    family = load(os.path.join(ROOT, "configs", "cifar10_conv.py"))
+    alias = load(os.path.join(ROOT, "configs", f"{name}.py"))
+    arg = CONV_ALIASES[name]
+    assert alias.get_config().to_dict() == family.get_config(arg).to_dict()
+    assert f"--config=configs/cifar10_conv.py:{arg}" in alias.__doc__  # both commands named
+
+
+def test_conv_parameters():
+    family = load(os.path.join(ROOT, "configs", "cifar10_conv.py"))
+    c = family.get_config("depth=6, binact ,width=1.5")
+    assert (c.model, c.optimizer, c.learning_rate, c.weight_decay) == ("conv6_binact", "adam",
+                                                                        0.1, 1e-4)
+    assert (c.model_options.width_mult, c.scale_fan, c.keep_fraction) == (1.5, "reference", 0.5)
+    c = family.get_config("depth=2")
+    assert (c.model, c.optimizer, c.momentum, c.model_options.width_mult) == ("conv2", "sgd",
+                                                                               0.9, 1.0)
+    assert family.get_config().model == "conv4"  # the default depth
+    assert family.get_config("depth=8,scale_fan=kept").scale_fan == "kept"
+    for bad in ("depth=5", "depth", "binact=1", "width=0", "width=x", "wdith=2", "scale_fan="):
+        with pytest.raises(ValueError, match=re.escape(repr(bad.strip()))):
+            family.get_config(bad)
+
+
+def test_parametrised_config_on_the_command_line(tmp_path, monkeypatch, capsys):
+    from mpt_jax import main
+
+    monkeypatch.chdir(ROOT)  # configs/*.py import configs/common.py from the repository root
+    assert main.run(["m", "--config=configs/cifar10_conv.py:depth=6,binact", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "  --config.model='conv6_binact'\n" in out and "  --config.optimizer='adam'\n" in out
+    assert main.run(["m", "--config=configs/cifar10_conv.py:depth=3",
+                     f"--workdir={tmp_path}/w"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: cannot load the config of --config=configs/cifar10_conv.py:depth=3: "
+                   "cannot use 'depth=3'; the parameters are depth=2|4|6|8, binact, "
+                   "width=<multiplier>, scale_fan=<none|reference|kept>"), err
+    assert not os.path.exists(tmp_path / "w")
+    # Members of the family get their own default workdir.
+    assert cli.default_workdir("configs/cifar10_conv.py:depth=4,binact") == os.path.join(
+        "runs", "cifar10_conv_depth-4_binact")
+    assert cli.default_workdir("configs/cifar10_conv4.py") == os.path.join("runs", "cifar10_conv4")
+
+
 def test_cifar_configs_use_shared_archive_without_tensorflow():
     for path in CONFIGS:
         if os.path.basename(path).startswith("cifar10_"):
@@ -83,6 +137,56 @@ def test_baseline_and_plus_bn_selection():
     w = config_utils.resolve(w)
     assert w.bn_affine and w.learning_rate == 2e-4  # "+BN": affine BN, affine file's Adam 2e-4
     assert config_utils.resolve(w).learning_rate == 2e-4  # resolving twice changes nothing
+
+
+# The defaults before the field table existed (debug_nan_at_step is a test hook).
+DEFAULTS = dict(
+    adam_weight_decay=False, augment=True,
+    baseline_hparams={'binary_trained': {}, 'dense': {}, 'edgepopup': {}}, batch_size=128,
+    bn_affine=False, checkpoint_every_epochs=1, checkpoint_every_steps=0,
+    compilation_cache=True, data_dir='', dataset='digits', debug_nan_at_step=-1,
+    eval_batch_size=128, fan_mode='fan_in', grad_clip=0.0, holdout_per_class=500,
+    input_pipeline='auto', keep_fraction=0.5, label_smoothing=0.0, learn_batchnorm=False,
+    learn_batchnorm_hparams={}, learning_rate=0.1, log_every_steps=50, mask_impl='auto',
+    mask_method='radix_many', max_train_steps=-1, mode='biprop', model='mlp',
+    model_options={}, momentum=0.9, nesterov=False, num_epochs=100, optimizer='sgd',
+    precision='auto', progress_bar=True, prune_ramp_epochs=10, prune_rate=None,
+    pruning='layerwise', restart=False, scale_fan='none', schedule='cosine',
+    schedule_granularity='epoch', seed=0, stop_if_not_learning=False, tune_batchnorm=False,
+    warmup_epochs=0, weight_decay=0.0001, weight_init='kaiming_normal')
+
+
+def test_base_config_is_the_field_table():
+    c = config_utils.base_config().to_dict()
+    assert os.path.basename(c.pop("cache_dir")) == "mpt_jax"
+    assert c == DEFAULTS
+    assert {type(v) for k, v in c.items() if k != "prune_rate"} == {bool, int, float, str, dict}
+    assert all(type(c[k]) is type(v) for k, v in DEFAULTS.items())  # 0.0 stays a float
+    assert sorted(f.name for f in config_fields.FIELDS) == sorted(config_utils.base_config().keys())
+    for f in config_fields.FIELDS:
+        assert f.help and "\n" not in f.help and len(f.help) < 330, f.name
+    c = config_utils.base_config()
+    c.prune_rate = 0.3  # a placeholder field takes its type's values
+    with pytest.raises(TypeError):
+        c.num_epochs = "many"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("holdout_per_class", -1, "holdout_per_class must be an integer >= 0; got -1"),
+    ("max_train_steps", 0, "max_train_steps must be -1 (no limit) or an integer > 0; got 0"),
+    ("mask_impl", "fast", "unknown mask_impl 'fast'; valid values: auto, per_layer, batched"),
+    ("momentum", 1.0, "momentum must be in [0, 1); got 1.0"),
+    ("input_pipeline", "tf", "unknown input_pipeline 'tf'; valid values: auto, in_memory, tfds"),
+])
+def test_validation_reads_the_table(field, value, message):
+    c = config_utils.base_config()
+    c[field] = value
+    with pytest.raises(ConfigError) as info:
+        config_utils.validate(c, device_count=1)
+    assert str(info.value) == f"{message} (set --config.{field}=...)"
+    plain = ml_collections.ConfigDict(dict(config_utils.base_config().to_dict(), seed="0"))
+    with pytest.raises(ConfigError, match=r"^seed must be an integer; got '0'"):
+        config_utils.validate(plain, device_count=1)
 
 
 def test_prune_rate_alias():
@@ -205,6 +309,15 @@ def test_help_lists_flags_and_config_fields(tmp_path, monkeypatch, capsys):
     for line in ("  --workdir: ", "  --config.keep_fraction=0.25\n", "  --config.num_epochs=2\n",
                  "  --config.model='mlp'\n", "  --config.model_options.hidden=(32,)\n"):
         assert line in out
+    # Every field's value line is followed by one line that says what the field means.
+    lines = out.splitlines()
+    for field in config_fields.FIELDS:
+        first = next(i for i, line in enumerate(lines)
+                     if line.startswith((f"  --config.{field.name}=", f"  --config.{field.name}.")))
+        after = next(line for line in lines[first:] if not line.startswith("  --config."))
+        assert after.strip() and after.startswith("      "), (field.name, after)
+        assert after.strip().startswith(field.help[:40]), (field.name, after)
+    assert "[an integer > 0]" in out and "[sgd | adam]" in out
     assert main.run(["m", "-h"]) == 0
     assert "  --config.num_epochs=10\n" in capsys.readouterr().out  # configs/default.py
     assert os.listdir(tmp_path) == []

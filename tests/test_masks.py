@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import common
 from mpt_jax import config_utils, masks, ops, optim, train
 
 METHODS = ("compare", "compare1", "compare_bcast", "compare_bcast8", "radix_many", "per_layer")
@@ -106,7 +107,7 @@ def test_kernel_from_mask_matches_numpy_forward_and_ste():
 
 
 def _cifar_config(model, mask_impl, mask_method="compare", mode="biprop"):
-    config = config_utils.cifar10_config(model)
+    config = common.cifar10_config(model)
     config.update(dict(batch_size=8, eval_batch_size=8, precision="float32", mode=mode,
                        keep_fraction=0.3, mask_impl=mask_impl, mask_method=mask_method))
     return config_utils.resolve(config)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import common
 from mpt_jax import config_utils, optim, train
 
 STEPS = 4
@@ -35,7 +36,7 @@ CASES = {  # name -> (model, image shape, batch, model_options)
 
 
 def _config(model: str, batch: int, precision: str, options=None):
-    c = config_utils.cifar10_config(model)
+    c = common.cifar10_config(model)
     c.keep_fraction = 0.5
     c.batch_size = batch
     c.precision = precision

@@ -1,62 +1,14 @@
-"""Model zoo: ``get_model(name, **options)`` (SPEC 5).
+"""Model zoo: ``get_model(name, **options)``; ``model_names()`` lists every registered model.
 
 Every architecture exists in its ReLU form (MPT-1/32) and, with the suffix ``_binact``,
 in its binary-activation form (MPT-1/1).
 """
 from __future__ import annotations
 
-import dataclasses
-
-import flax.linen as nn
-
+# Each architecture module registers its models in the registry when imported.
+from mpt_jax.models import convnets, mlp, resnet, resnet_v2  # noqa: F401
 from mpt_jax.models.common import ScoreNet
 from mpt_jax.models.mlp import MLP
+from mpt_jax.models.registry import get_model, model_names, model_options, register
 
-# name -> (module class, fixed attributes)
-_REGISTRY: dict[str, tuple[type, dict]] = {}
-
-
-def register(name: str, cls: type, **fixed) -> None:
-    """Registers ``name`` (ReLU, MPT-1/32) and ``name + "_binact"`` (sign, MPT-1/1)."""
-    _REGISTRY[name] = (cls, dict(fixed, binary_activations=False))
-    _REGISTRY[name + "_binact"] = (cls, dict(fixed, binary_activations=True))
-
-
-register("mlp", MLP)
-
-
-def model_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def model_options(name: str) -> list[str]:
-    """The options ``get_model(name, ...)`` accepts."""
-    cls, fixed = _lookup(name)
-    return sorted(f.name for f in dataclasses.fields(cls)
-                  if f.init and f.name not in fixed and f.name not in ("parent", "name"))
-
-
-def _lookup(name: str):
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(model_names())}")
-    return _REGISTRY[name]
-
-
-def get_model(name: str, **options) -> nn.Module:
-    """Builds model ``name`` with ``options`` (see ``ScoreNet`` and each model's fields).
-
-    Unknown names or options raise a ValueError listing the valid ones.
-    """
-    cls, fixed = _lookup(name)
-    valid = model_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; "
-                         f"valid options: {', '.join(valid)}")
-    return cls(**fixed, **options)
-
-
-# Architectures registered by their own modules (imported for their side effect).
-from mpt_jax.models import convnets as _convnets  # noqa: E402,F401
-from mpt_jax.models import resnet as _resnet  # noqa: E402,F401
-from mpt_jax.models import resnet_v2 as _resnet_v2  # noqa: E402,F401
+__all__ = ["get_model", "model_names", "model_options", "register", "ScoreNet", "MLP"]

@@ -1,7 +1,6 @@
 """What every model shares: the kernel options of SPEC 1/3/4 and the layer factories."""
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -72,7 +71,3 @@ def max_pool(x, window: int, stride: int, padding: int = 0):
 def flatten(x):
     """NHWC flatten (h, w, c order; the reference flattens (c, h, w): see ticket import)."""
     return x.reshape(x.shape[0], -1)
-
-
-def partial_model(cls, **fixed):
-    return functools.partial(cls, **fixed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from mpt_jax.models import register
+from mpt_jax.models.registry import register
 from mpt_jax.models.common import ScoreNet, flatten, max_pool
 
 

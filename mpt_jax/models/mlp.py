@@ -6,6 +6,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from mpt_jax.models.common import ScoreNet, flatten
+from mpt_jax.models.registry import register
 
 
 class MLP(ScoreNet):
@@ -24,3 +25,6 @@ class MLP(ScoreNet):
             x = self.norm(train, name=f"bn{i}")(x)
             x = self.act(x)
         return self.logits(self.dense(self.num_classes, name="classifier")(x))
+
+
+register("mlp", MLP)

@@ -16,7 +16,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mpt_jax.models import register
+from mpt_jax.models.registry import register
 from mpt_jax.models.common import ScoreNet, max_pool
 
 

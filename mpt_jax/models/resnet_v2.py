@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import jax
 
-from mpt_jax.models import register
+from mpt_jax.models.registry import register
 from mpt_jax.models.common import max_pool
 from mpt_jax.models.resnet import CifarResNet, ImageNetResNet, WideResNet34
 
