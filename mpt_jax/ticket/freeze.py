@@ -149,6 +149,9 @@ def _set_training_alphas(lts, model_name, model_opts, variables, image_shape, or
         run_vars["pruning"] = jax.tree_util.tree_map(lambda _: tau, shapes["pruning"])
     kernels = training_kernels(model_name, model_opts, run_vars, image_shape)
     for lt in lts:
+        if lt.name not in kernels:  # the layer classes must build kernels in that method
+            raise TicketError(f"layer {lt.name}: no effective_kernel call was seen in the "
+                              f"model's forward pass; cannot take alpha from the model")
         kernel = np.asarray(kernels[lt.name])
         if not np.array_equal(kernel != 0, lt.mask):
             raise TicketError(f"layer {lt.name}: the model's kernel and the ticket's mask "
