@@ -49,7 +49,7 @@ def main() -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from mpt_jax import bitpack
+    from mpt_jax.ticket import bitpack
     from mpt_jax import ticket as T
 
     rng = np.random.default_rng(0)

@@ -270,29 +270,9 @@ def layer_rows(params, config) -> list[dict]:
 def layer_order(model, image_shape) -> list[str]:
     """Names ("a/b") of the model's prunable layers in call order, from an abstract init
     (no FLOPs, no memory): pytrees sort dict keys, so the params tree alone loses the order."""
-    import flax.linen as nn  # noqa: PLC0415
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
+    from mpt_jax.models import probe  # noqa: PLC0415  (Flax/JAX only when a table is made)
 
-    from mpt_jax import layers  # noqa: PLC0415
-
-    order: list[str] = []
-
-    def record(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and isinstance(
-                context.module, (layers.BipropConv, layers.BipropDense)):
-            name = "/".join(context.module.path)
-            if name not in order:
-                order.append(name)
-        return next_fun(*args, **kwargs)
-
-    def init():
-        with nn.intercept_methods(record):
-            return model.init({"params": jax.random.PRNGKey(0)},
-                              jnp.zeros((1, *image_shape), jnp.float32), train=False)
-
-    jax.eval_shape(init)
-    return order
+    return ["/".join(path) for path in probe.prunable_layers(model, image_shape)]
 
 
 def layer_table(params, config, order: list[str] | None = None) -> str:

@@ -1,6 +1,7 @@
 """Package-level guarantees: importing mpt_jax (and running a CIFAR-size job) never pulls in
-TensorFlow or torch (GUIDE.md "import cost"; issue 2), and every name one module reads from
-another exists."""
+TensorFlow or torch (GUIDE.md "import cost"; issue 2), every name one module reads from
+another exists, and the ticket package imports in one direction and reads no other
+module's private names."""
 import ast
 import importlib
 import importlib.util
@@ -10,7 +11,7 @@ import sys
 CHECK = """
 import sys
 import mpt_jax, mpt_jax.ops, mpt_jax.models, mpt_jax.train, mpt_jax.data, mpt_jax.ticket
-import mpt_jax.bitpack, mpt_jax.masks, mpt_jax.main
+import mpt_jax.ticket.bitpack, mpt_jax.ticket.torch_import, mpt_jax.masks, mpt_jax.main
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'torch'))
 print('HEAVY', heavy)
 """
@@ -36,22 +37,115 @@ def test_every_cross_module_attribute_exists():
     imports in a function count in that function, a local variable of the same name hides
     them) exists there. A static check: it catches a name moved or renamed in one module
     while another still uses it on a path no other test reaches (as happened with
-    ``config_utils.one_line`` in checkpoint.py's error messages)."""
+    ``config_utils.one_line`` in checkpoint.py's error messages). The tests are read too:
+    a slow or skipped test must not keep a name that no longer exists."""
+    found = _cross_module_reads(("mpt_jax/**/*.py", "benchmarks/*.py", "experiments/*.py",
+                                 "tests/*.py"))
+    checked = [item for item in found if item[0] == "ok"]
+    missing = [item[1] for item in found if item[0] == "missing"]
+    assert len(checked) > 150, len(checked)  # the walk found the package's cross-module uses
+    assert not missing, missing
+
+
+_TICKET = ("mpt_jax.ticket", "mpt_jax.models.probe")
+
+
+def _in_ticket_package(module: str) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in _TICKET)
+
+
+def test_ticket_package_reads_no_private_names():
+    """No module of the ticket package reads another module's _private name, and no module
+    reads one of the ticket package's: what crosses a module boundary is public."""
+    found = _cross_module_reads(("mpt_jax/**/*.py", "benchmarks/*.py", "experiments/*.py"))
+    private = [f"{where}: {module}.{attr}" for _, _, where, module, attr in found
+               if attr.startswith("_") and not attr.startswith("__")
+               and (_in_ticket_package(module) or where.startswith(("mpt_jax/ticket/",
+                                                                    "mpt_jax/models/probe")))]
+    assert not private, private
+
+
+def test_ticket_package_has_no_import_cycle():
+    """The imports among mpt_jax's modules (at module level and inside functions) form no
+    cycle through the ticket package: its modules import one another in one direction, and
+    none imports the package __init__ (which imports them all)."""
+    graph = _import_graph()
+    assert "mpt_jax.ticket.freeze" in graph["mpt_jax.ticket.run"]  # the walk sees imports
+    cycles = []
+    for start in sorted(m for m in graph if _in_ticket_package(m) and m != "mpt_jax.ticket"):
+        path = _path_back(graph, start)
+        if path:
+            cycles.append(" -> ".join(path))
+    assert not cycles, cycles
+
+
+def _cross_module_reads(patterns) -> list[tuple]:
+    """(status, message, file, module, attribute) of every ``module.attribute`` read of an
+    mpt_jax module in the files matching ``patterns`` (relative to the repository)."""
     import glob
     import os
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    files = [f for pattern in ("mpt_jax/**/*.py", "benchmarks/*.py", "experiments/*.py")
+    files = [f for pattern in patterns
              for f in glob.glob(os.path.join(root, pattern), recursive=True)]
     found = []
     for path in files:
         with open(path) as f:
             tree = ast.parse(f.read(), path)
         _check_scope(tree, {}, os.path.relpath(path, root), found)
-    checked = [item for item in found if item[0] == "ok"]
-    missing = [item[1] for item in found if item[0] == "missing"]
-    assert len(checked) > 150, len(checked)  # the walk found the package's cross-module uses
-    assert not missing, missing
+    return found
+
+
+def _module_name(root: str, path: str) -> str:
+    import os
+
+    rel = os.path.relpath(path, root)[:-len(".py")].replace(os.sep, ".")
+    return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """mpt_jax module -> the mpt_jax modules it imports. ``from pkg import sub`` depends on
+    the submodule; ``from pkg import name`` on the package's namespace (its __init__).
+    Importing a.b.c first runs the __init__ of a.b unless that package encloses the
+    importer (then it is already running: the parent-first order of every package)."""
+    import glob
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    graph = {}
+    for path in glob.glob(os.path.join(root, "mpt_jax/**/*.py"), recursive=True):
+        name = _module_name(root, path)
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.split(".")[0] == "mpt_jax":
+                subs = {f"{node.module}.{a.name}" for a in node.names}
+                modules = {m for m in subs if _is_module(m)}
+                targets |= modules | ({node.module} if modules != subs else set())
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.split(".")[0] == "mpt_jax"}
+        for t in list(targets):
+            parts = t.split(".")
+            targets |= {p for p in (".".join(parts[:i]) for i in range(2, len(parts)))
+                        if not name.startswith(p + ".")}
+        graph[name] = targets - {name, "mpt_jax"}
+    return graph
+
+
+def _path_back(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    """A chain of imports from ``start`` back to itself, or None."""
+    todo, seen = [(start, [start])], set()
+    while todo:
+        node, path = todo.pop()
+        for nxt in graph.get(node, ()):
+            if nxt == start:
+                return path + [start]
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append((nxt, path + [nxt]))
+    return None
 
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
@@ -96,8 +190,10 @@ def _check_scope(scope, inherited: dict, where: str, found: list) -> None:
                 and node.value.id in aliases:
             module = importlib.import_module(aliases[node.value.id])
             ok = hasattr(module, node.attr)
-            found.append(("ok", None) if ok else (
-                "missing", f"{where}:{node.lineno}: {module.__name__} has no {node.attr!r}"))
+            message = None if ok else \
+                f"{where}:{node.lineno}: {module.__name__} has no {node.attr!r}"
+            found.append(("ok" if ok else "missing", message, f"{where}:{node.lineno}",
+                          module.__name__, node.attr))
         if isinstance(node, _SCOPES):
             _check_scope(node, aliases, where, found)
 
@@ -111,9 +207,7 @@ def _is_module(name: str) -> bool:
 
 # Import cycles that live in modules another change is redesigning; each must disappear there
 # (the test fails once a listed cycle is gone, so the list cannot go stale).
-PENDING_CYCLES = [
-    ["mpt_jax.ticket", "mpt_jax.torch_import"],  # the ticket package redesign removes it
-]
+PENDING_CYCLES = []
 
 
 def test_no_import_cycles():

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mpt_jax import bitpack
+from mpt_jax.ticket import bitpack
 from mpt_jax import ticket as T
 
 
@@ -57,7 +57,7 @@ def test_dense_counts_exact(k, n):
 
 @pytest.mark.parametrize("hw,c,o,ks,stride,pad", [
     (7, 5, 6, 3, 1, 1),   # padding, odd size
-    (7, 5, 6, 3, 2, 1),   # stride 2 with symmetric padding (SPEC 8 item 25)
+    (7, 5, 6, 3, 2, 1),   # stride 2 with symmetric padding (as PyTorch pads)
     (8, 33, 4, 1, 2, 0),  # 1x1 projection shortcut, K = 33 spans two words
     (9, 2, 3, 7, 2, 3),   # 7x7 stem geometry
     (6, 40, 5, 3, 1, 1),  # C >= 32: per-tap packed-channel path with padding correction
@@ -104,3 +104,9 @@ def test_binact_ticket_packed_path_is_exact(name, opts, shape):
                                rtol=1e-4, atol=1e-4)
     sizes = bitpack.packed_weight_bytes(ticket)
     assert sizes["packed_bytes"] < sizes["float32_bytes"] / 8
+
+
+def test_is_binary_accepts_only_plus_minus_one():
+    assert bitpack.is_binary(jnp.array([[1.0, -1.0], [-1.0, -1.0]]))
+    assert not bitpack.is_binary(jnp.array([1.0, 0.0, -1.0]))  # padding / sign(0) = 0
+    assert not bitpack.is_binary(jnp.array([1.0, -0.5]))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpt_jax import ticket as T
-from mpt_jax import torch_import
+from mpt_jax.ticket import torch_import
 
 KEEP = 0.3
 

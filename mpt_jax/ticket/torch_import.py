@@ -5,7 +5,7 @@ A reference ``model_best.pth`` holds (under ``state_dict``, keys possibly prefix
 ``<name>.scores``, and for every BatchNorm ``running_mean``, ``running_var``,
 ``num_batches_tracked`` and, when affine ("+BN"), ``weight``/``bias``.
 
-Mapping (SPEC 5.0): the reference registers its modules in the order they run (Conv-n:
+Mapping: the reference registers its modules in the order they run (Conv-n:
 ``convs.<i>`` then ``linear.<i>``; CIFAR ResNets: ``conv1``, ``bn1``,
 ``layer<s>.<b>.conv1/bn1/conv2/bn2`` (``/conv3/bn3`` in bottlenecks), ``shortcut.0/1``,
 ``fc``; ImageNet / WRN BinAct: the same with ``downsample.0/1``; VGG: ``convs.<i>``,
@@ -18,9 +18,10 @@ Layouts: conv OIHW -> HWIO; the "FC" 1x1 convs (O, I, 1, 1) -> dense (I, O); the
 after a flatten takes the reference's channel-major (c, h, w) input order and is permuted
 to the NHWC flatten order (h, w, c) (square maps, C = output channels of the last conv).
 
-The imported ticket uses this project's alpha (mean |W| over the kept entries, decisions
-table item 2), not the reference's floor(k n) divisor: per layer the two differ by a factor
-(D + 1) / D when k n is not an integer; the masks and signs are identical.
+The imported ticket uses this project's alpha (mean |W| over the kept entries, the
+least-squares gain, which never divides by zero), not the reference's floor(k n) divisor:
+per layer the two differ by a factor (D + 1) / D when k n is not an integer; the masks and
+signs are identical.
 
 torch is optional and imported lazily (``import mpt_jax`` never imports it).
 """
@@ -31,10 +32,11 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import numpy as np
+from flax import traverse_util
 
-from mpt_jax import layers
-from mpt_jax import ticket as ticket_lib
-from mpt_jax.ticket import TicketError
+from mpt_jax.models import probe
+from mpt_jax.ticket import freeze
+from mpt_jax.ticket.core import Ticket, TicketError, build_model, flatten_variables
 
 TORCH_HINT = "pip install torch==2.13.0 (CPU) or mpt_jax[torch]"
 IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "wrn50_2", "wrn101_2",
@@ -43,7 +45,7 @@ IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "wrn50_2", "
 
 def _torch():
     try:
-        import torch  # noqa: PLC0415
+        import torch  # noqa: PLC0415  (optional and slow to import: only the import needs it)
     except ImportError:
         raise TicketError(f"import-torch needs PyTorch, which is not installed: {TORCH_HINT}") \
             from None
@@ -92,21 +94,19 @@ def _torch_layers(sd: Mapping[str, np.ndarray]):
 
 
 def _call_order(model, image_shape):
-    """(prunable module paths, BatchNorm module paths) in call order (traced only)."""
+    """(prunable module paths, BatchNorm module paths, abstract variables), paths in call
+    order, from one abstract init."""
     prunable, norms = [], []
 
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name == "__call__":
-            path = tuple(context.module.path)
-            if isinstance(context.module, (layers.BipropConv, layers.BipropDense)):
-                if path not in prunable:
-                    prunable.append(path)
-            elif isinstance(context.module, nn.BatchNorm) and path not in norms:
-                norms.append(path)
-        return next_fun(*args, **kwargs)
+    def record(module, call, args, kwargs):
+        group = prunable if probe.is_prunable(module) else norms
+        path = tuple(module.path)
+        if path not in group:
+            group.append(path)
+        return call(*args, **kwargs)
 
-    with nn.intercept_methods(interceptor):
-        shapes = ticket_lib._shapes(model, image_shape)  # noqa: SLF001
+    with probe.intercept_layers(record, kinds=probe.PRUNABLE + (nn.BatchNorm,)):
+        shapes = probe.abstract_variables(model, image_shape)
     return prunable, norms, shapes
 
 
@@ -122,7 +122,7 @@ def _convert_kernel(t: np.ndarray, jax_shape, flatten_channels: int | None, name
         o, i = t.shape
         c = flatten_channels
         if c and i != c and i % c == 0:
-            # Reference input order (c, h, w) -> NHWC flatten order (h, w, c) (SPEC 5.0).
+            # Reference input order (c, h, w) -> NHWC flatten order (h, w, c).
             hw = i // c
             h = math.isqrt(hw)
             if h * h != hw:
@@ -163,13 +163,13 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model_name: str, keep_fract
         num_classes = int(sd[t_prunable[-1] + ".weight"].shape[0])
     opts["num_classes"] = int(num_classes)
     image_shape = tuple(int(d) for d in (image_shape or default_image_shape(model_name)))
-    model = ticket_lib.build_model(model_name, opts)
+    model = build_model(model_name, opts)
     j_prunable, j_norms, shapes = _call_order(model, image_shape)
     if len(j_prunable) != len(t_prunable) or len(j_norms) != len(t_norms):
         raise TicketError(f"the checkpoint has {len(t_prunable)} prunable and {len(t_norms)} "
                           f"BatchNorm layers, model {model_name!r} has {len(j_prunable)} and "
                           f"{len(j_norms)}: wrong --model for this checkpoint")
-    flat_params = ticket_lib._flat(shapes["params"])  # noqa: SLF001
+    flat_params = flatten_variables(shapes["params"])
     params, frozen, stats = {}, {}, {}
     channels = image_shape[-1]  # channels of the map a dense layer may flatten
     for tname, jpath in zip(t_prunable, j_prunable):
@@ -187,14 +187,13 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model_name: str, keep_fract
                                                     np.float32)
             params[jpath + ("bias",)] = np.asarray(sd.get(tname + ".bias", np.zeros(c)),
                                                    np.float32)
-    from flax import traverse_util
     variables = dict(params=traverse_util.unflatten_dict(params),
                      frozen=traverse_util.unflatten_dict(frozen))
     if stats:
         variables["batch_stats"] = traverse_util.unflatten_dict(stats)
     for coll in ("params", "batch_stats"):
-        want = {k: v.shape for k, v in ticket_lib._flat(shapes.get(coll, {})).items()}  # noqa
-        have = {k: v.shape for k, v in ticket_lib._flat(variables.get(coll, {})).items()}  # noqa
+        want = {k: v.shape for k, v in flatten_variables(shapes.get(coll, {})).items()}
+        have = {k: v.shape for k, v in flatten_variables(variables.get(coll, {})).items()}
         if want != have:
             diff = sorted(set(want.items()) ^ set(have.items()))[:3]
             raise TicketError(f"converted {coll} do not fit model {model_name!r} (first "
@@ -205,10 +204,10 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model_name: str, keep_fract
 def ticket_from_torch(checkpoint: str, model_name: str, keep_fraction: float, *,
                       model_opts: Mapping[str, Any] | None = None,
                       num_classes: int | None = None, image_shape=None,
-                      bn_dtype: str = "float32") -> ticket_lib.Ticket:
+                      bn_dtype: str = "float32") -> Ticket:
     """A mode "signs" ticket (W cannot be regenerated from a JAX seed) of a reference file."""
     sd = load_state_dict(checkpoint)
     opts, variables, image_shape = convert_state_dict(sd, model_name, keep_fraction, model_opts,
                                                       num_classes, image_shape)
-    return ticket_lib.make_ticket(model_name, opts, variables, image_shape, mode="signs",
-                                  bn_dtype=bn_dtype, extra=dict(imported_from=str(checkpoint)))
+    return freeze.make_ticket(model_name, opts, variables, image_shape, mode="signs",
+                              bn_dtype=bn_dtype, extra=dict(imported_from=str(checkpoint)))

@@ -21,9 +21,9 @@ Convolutions (explicit symmetric padding like ``layers.BipropConv``): zero paddi
   is 0), ANDed into the mask per output position:
   y = alpha * (2 * popcount(~(a XOR s) & m & v) - popcount(m & v)).
 
-Inputs must be exactly +-1 (sign activations, SPEC 2.1 with sign(0) = +1, decisions table
-item 27); ``is_binary`` checks that. The first layer (image input) and layers fed by ReLU or
-averages are not binary and run in float.
+Inputs must be exactly +-1 (the sign activation, which maps 0 to +1); ``is_binary`` checks
+that. The first layer (image input) and layers fed by ReLU or averages are not binary and
+run in float.
 
 ``packed_apply_fn(ticket)`` runs a whole ``_binact`` ticket with every binary-input layer
 through this path and the others in float32; ``binary_layer_counts`` exposes the integer
@@ -34,12 +34,14 @@ from __future__ import annotations
 import functools
 from typing import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mpt_jax import layers
+from mpt_jax.models import probe
+from mpt_jax.ticket import inference
+from mpt_jax.ticket.core import SEP, Ticket
 
 WORD_BITS = 32
 _SHIFTS = np.arange(WORD_BITS, dtype=np.uint32)
@@ -205,14 +207,12 @@ def _conv_geometry(module):
 # Whole tickets
 
 
-def pack_ticket(ticket, binary_layers=None) -> dict:
+def pack_ticket(ticket: Ticket, binary_layers=None) -> dict:
     """Packed kernels of the ticket's binary-input layers: name -> dict(signs, mask, kept,
     alpha). ``binary_layers`` defaults to the layers whose input is a sign activation."""
-    from mpt_jax import ticket as ticket_lib
-
     if binary_layers is None:
-        probe = ticket_lib._probe_layers(ticket)  # noqa: SLF001  (same package)
-        binary_layers = [n for n, p in probe.items() if p["binary_input"]]
+        probed = inference.probe_layers(ticket)
+        binary_layers = [n for n, p in probed.items() if p["binary_input"]]
     out = {}
     for lt in ticket.layers:
         if lt.name not in binary_layers:
@@ -233,72 +233,70 @@ def _layer_call(module, x, p):
     return counts
 
 
-def packed_apply_fn(ticket, path: str = "packed"):
-    """jitted ``images -> logits`` running the binary-input layers of ``ticket`` through
-    the XNOR-popcount path (``path="packed"``) or through the float ternary-kernel
-    integer path (``path="float"``, the exact float reference of the same computation).
-    Other layers run in float32 as in ``ticket.predict_fn``."""
-    from mpt_jax import ticket as ticket_lib
-
-    if path not in ("packed", "float"):
-        raise ValueError(f"path must be 'packed' or 'float', got {path!r}")
-    model, variables = ticket_lib.inference_model(ticket)
+def _packed_and_ternary(ticket: Ticket):
     packed = pack_ticket(ticket)
     ternary = {lt.name: jnp.asarray(lt.ternary(), jnp.float32) for lt in ticket.layers
                if lt.name in packed}
+    return packed, ternary
+
+
+def packed_apply_fn(ticket: Ticket, path: str = "packed"):
+    """jitted ``images -> logits`` running the binary-input layers of ``ticket`` through
+    the XNOR-popcount path (``path="packed"``) or through the float ternary-kernel
+    integer path (``path="float"``, the exact float reference of the same computation).
+    Other layers run in float32 as in ``inference.predict_fn``."""
+    if path not in ("packed", "float"):
+        raise ValueError(f"path must be 'packed' or 'float', got {path!r}")
+    model, variables = inference.inference_model(ticket)
+    packed, ternary = _packed_and_ternary(ticket)
 
     def run(variables, packed, ternary, images):
-        def interceptor(next_fun, args, kwargs, context):
-            mod = context.module
-            name = "/".join(mod.path)
-            if context.method_name != "__call__" or name not in packed:
-                return next_fun(*args, **kwargs)
+        def replace(module, call, args, kwargs):
+            name = SEP.join(module.path)
+            if name not in packed:
+                return call(*args, **kwargs)
             x = args[0]
             if path == "packed":
-                counts = _layer_call(mod, x, packed[name]).astype(jnp.float32)
+                counts = _layer_call(module, x, packed[name]).astype(jnp.float32)
             else:
-                counts = float_counts(x, ternary[name], mod)
-            return (packed[name]["alpha"] * counts).astype(mod.dtype)
+                counts = float_counts(x, ternary[name], module)
+            return (packed[name]["alpha"] * counts).astype(module.dtype)
 
-        with nn.intercept_methods(interceptor):
+        with probe.intercept_layers(replace):
             return model.apply(variables, images, train=False)
 
     jitted = jax.jit(run)
     return lambda images: jitted(variables, packed, ternary, images)
 
 
-def binary_layer_counts(ticket, images) -> dict[str, tuple[jax.Array, jax.Array]]:
+def binary_layer_counts(ticket: Ticket, images) -> dict[str, tuple[jax.Array, jax.Array]]:
     """For every binary-input layer: (packed integer counts, float-path counts), both
     computed on the inputs the layer receives in the ticket's (float) forward pass."""
-    from mpt_jax import ticket as ticket_lib
-
-    model, variables = ticket_lib.inference_model(ticket)
-    packed = pack_ticket(ticket)
-    ternary = {lt.name: jnp.asarray(lt.ternary(), jnp.float32) for lt in ticket.layers
-               if lt.name in packed}
+    model, variables = inference.inference_model(ticket)
+    packed, ternary = _packed_and_ternary(ticket)
 
     @jax.jit
     def run(variables, packed, ternary, images):
         found = {}
 
-        def interceptor(next_fun, args, kwargs, context):
-            mod = context.module
-            name = "/".join(mod.path)
-            if context.method_name == "__call__" and name in packed:
+        def record(module, call, args, kwargs):
+            name = SEP.join(module.path)
+            if name in packed:
                 x = args[0]
-                found[name] = (_layer_call(mod, x, packed[name]),
-                               float_counts(x, ternary[name], mod))
-            return next_fun(*args, **kwargs)
+                found[name] = (_layer_call(module, x, packed[name]),
+                               float_counts(x, ternary[name], module))
+            return call(*args, **kwargs)
 
-        with nn.intercept_methods(interceptor):
+        with probe.intercept_layers(record):
             model.apply(variables, images, train=False)
         return found
 
     return run(variables, packed, ternary, images)
 
 
-def packed_weight_bytes(ticket, binary_only: bool = True) -> dict:
-    """Bytes of the weights in memory: packed (sign + mask words + alpha) vs float32."""
+def packed_weight_bytes(ticket: Ticket) -> dict:
+    """Bytes in memory of the binary-input layers' weights: packed (sign + mask words +
+    alpha) vs float32."""
     packed = pack_ticket(ticket)
     pk = sum(int(p["signs"].nbytes + p["mask"].nbytes + 4) for p in packed.values())
     fl = sum(4 * int(np.prod(lt.shape)) for lt in ticket.layers if lt.name in packed)
