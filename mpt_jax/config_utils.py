@@ -106,7 +106,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.restart = False              # discard an existing checkpoint in the workdir
     c.stop_if_not_learning = False # SPEC 6.6 / 8.32: stop if best top-1 < 2 % after epoch 2
     c.progress_bar = True
-    c.debug_nan_at_step = -1       # tests only: make global step N (1-based) non-finite
     # Hyperparameters that replace the fields above when mode selects a baseline, unless the
     # field itself is overridden on the command line.
     c.baseline_hparams = ml_collections.ConfigDict({m: {} for m in MODES if m != "biprop"})
@@ -352,11 +351,6 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     mts = config.get("max_train_steps", -1)
     if not isinstance(mts, int) or isinstance(mts, bool) or (mts != -1 and mts <= 0):
         raise ConfigError(f"max_train_steps must be -1 (no limit) or a positive integer; got {mts!r}")
-    nan_step = config.get("debug_nan_at_step", -1)
-    if not isinstance(nan_step, int) or isinstance(nan_step, bool) or (
-            nan_step != -1 and nan_step <= 0):
-        raise ConfigError(f"debug_nan_at_step must be -1 (off) or a positive step; "
-                          f"got {nan_step!r}")
     _number(config, "learning_rate", 0.0, math.inf, low_open=True, high_open=True)
     _number(config, "momentum", 0.0, 1.0, high_open=True)
     _number(config, "weight_decay", 0.0, math.inf, high_open=True)
