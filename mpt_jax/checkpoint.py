@@ -12,23 +12,20 @@ finalized steps, so a save killed half-way (SIGKILL, power loss) is never read; 
 temporary directories are deleted when the next run opens the workdir. A save that fails
 (disk full, I/O error) raises ``CheckpointWriteError`` and leaves the previous saves intact:
 ``max_to_keep`` only deletes old steps after a new one is finalized. Tests inject faults
-inside a save through two environment variables (never set them in real runs):
-``MPT_JAX_TEST_PAUSE_IN_SAVE=<global step>`` (the save of that step prints a marker and
-sleeps after part of it is written, so a test can SIGKILL it) and
-``MPT_JAX_FAIL_SAVE_AT_EPOCH=<epoch>`` (the save at the end of that epoch raises
-``OSError(ENOSPC)`` after part of it is written).
+inside a save through ``Checkpointer(..., during_save=fn)``: ``fn(meta, directory)`` runs
+after part of the save is written into orbax's temporary directory, so it can pause there
+(for a real SIGKILL) or raise (e.g. ``OSError(ENOSPC)``, a full disk).
 
 ``load_for_inference(workdir, which)`` returns numpy trees without needing the model.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
+from typing import Callable
 
 import jax
 import numpy as np
@@ -96,7 +93,10 @@ def _state_dict(state):
 class Checkpointer:
     """Save / restore of the training state in ``<workdir>/checkpoints``."""
 
-    def __init__(self, workdir: str, keep: int = 2, restart: bool = False):
+    def __init__(self, workdir: str, keep: int = 2, restart: bool = False,
+                 during_save: Callable[[dict, str], None] | None = None):
+        """``during_save(meta, directory)`` (tests only): called inside every save, after
+        part of it is written, before orbax finalizes it (module docstring)."""
         self.workdir = workdir
         self.keep = keep
         self.directory = os.path.join(workdir, "checkpoints")
@@ -116,10 +116,17 @@ class Checkpointer:
             options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                    enable_async_checkpointing=False)
             return ocp.CheckpointManager(os.path.join(self.directory, sub), options=options,
-                                         item_handlers=_item_handlers())
+                                         item_handlers=_item_handlers(during_save))
 
         self._latest = manager("latest", keep)
         self._best = manager("best", 1)
+
+    def check_room_for(self, state) -> None:
+        """Refuses to start (process 0) without disk room for every save the run keeps
+        (latest x keep + best) and one being written, + 10 %."""
+        if jax.process_index() == 0:
+            needed = int(1.1 * (self.keep + 2) * tree_nbytes(state)) + 2**24
+            check_free_space(self.workdir, needed)
 
     def _manager(self, which: str):
         if which not in ("latest", "best"):
@@ -231,12 +238,11 @@ class _quiet_orbax_errors:
 
 
 def _drain(mngr) -> None:
-    import time as _time  # noqa: PLC0415
     try:
         mngr.wait_until_finished()
     except Exception:  # noqa: BLE001  (the same failure, already being reported)
         pass
-    _time.sleep(0.2)  # orbax's metadata thread finishes just after the commit future
+    time.sleep(0.2)  # orbax's metadata thread finishes just after the commit future
 
 
 def _same_point(a: dict, b: dict) -> bool:
@@ -244,26 +250,32 @@ def _same_point(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-def _item_handlers() -> dict:
+def _item_handlers(during_save: Callable[[dict, str], None] | None = None) -> dict:
     # Explicit handlers: reading metadata or one item then needs no guessing (and logs nothing).
     ocp = _ocp()
-    return dict(state=ocp.PyTreeCheckpointHandler(), meta=_meta_handler_class()())
+    return dict(state=ocp.PyTreeCheckpointHandler(), meta=_meta_handler_class()(during_save))
 
 
 _META = {}
 
 
 def _meta_handler_class():
-    """JsonCheckpointHandler plus the test-only fault hooks (module docstring): they run while
-    the save is inside orbax's temporary directory, after the meta item was written."""
+    """JsonCheckpointHandler that calls a ``during_save(meta, directory)`` hook (module
+    docstring) while the save is inside orbax's temporary directory, after the meta item was
+    written. Built on first use: orbax is imported lazily."""
     if not _META:
         ocp = _ocp()
         from orbax.checkpoint import checkpoint_args  # noqa: PLC0415
 
         class MetaHandler(ocp.JsonCheckpointHandler):
+            def __init__(self, during_save=None, **kwargs):
+                super().__init__(**kwargs)
+                self.during_save = during_save
+
             async def _save_fn(self, x, directory):
                 await super()._save_fn(x, directory)
-                _fault_hooks(x, directory)
+                if self.during_save is not None:
+                    self.during_save(dict(x), str(directory))
 
         # Own args classes, registered with MetaHandler (orbax finds the handler by args type).
         @checkpoint_args.register_with_handler(MetaHandler, for_save=True)
@@ -281,18 +293,6 @@ def _meta_handler_class():
 def _meta_args(kind: str):
     _meta_handler_class()
     return _META[kind]
-
-
-def _fault_hooks(meta: dict, directory) -> None:
-    pause = os.environ.get("MPT_JAX_TEST_PAUSE_IN_SAVE")
-    if pause and int(pause) == int(meta.get("global_step", -1)):
-        print(f"test-hook: pausing inside the save of step {meta['global_step']} "
-              f"({directory})", flush=True)
-        sys.stdout.flush()
-        time.sleep(600)
-    fail = os.environ.get("MPT_JAX_FAIL_SAVE_AT_EPOCH")
-    if fail and int(fail) == int(meta.get("epoch", -1)) and not meta.get("step_in_epoch"):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
 
 
 def _restore_numpy(mngr, step):

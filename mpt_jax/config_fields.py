@@ -182,8 +182,6 @@ FIELDS = (
     Field("stop_if_not_learning", False, bool, "stop a run whose best top-1 is below 2 % "
           "after epoch 2, as the reference"),
     Field("progress_bar", True, bool, "a console progress bar with images/s and ETA"),
-    Field("debug_nan_at_step", -1, int, "tests only: make global step N (1-based) "
-          "non-finite", Range(low=1, off=-1)),
     # Per-mode presets.
     Field("baseline_hparams", _baseline_defaults, dict, "replacements of the fields above "
           "for mode dense / edgepopup / binary_trained (a field set on the command line wins)",

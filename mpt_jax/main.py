@@ -37,7 +37,9 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
-def run(argv: list[str]) -> int:
+def run(argv: list[str], hooks=None) -> int:
+    """Runs the command line ``argv``; returns the exit code. ``hooks``: test-only fault
+    injection passed on to ``loop.train_and_evaluate`` (tests/fault_driver.py)."""
     wants_help = any(a in cli.HELP_FLAGS for a in argv[1:])
     try:
         cli.define_main_flags(FLAGS)
@@ -51,7 +53,8 @@ def run(argv: list[str]) -> int:
     if wants_help:
         cli.print_help(cli.help_text(FLAGS, config))
         return 0
-    from mpt_jax import parallel, train  # noqa: PLC0415  (jax starts after flag parsing)
+    # Imported here: JAX starts when these load, and only after the flags were parsed.
+    from mpt_jax import compilation, loop, parallel  # noqa: PLC0415
 
     workdir = FLAGS.workdir or cli.default_workdir(config_flags.get_config_filename(
         FLAGS["config"]))
@@ -63,8 +66,8 @@ def run(argv: list[str]) -> int:
         overridden = config_flags.get_override_values(FLAGS["config"])
         config = config_utils.resolve(config, overridden)
         config_utils.validate(config)  # before any data or model is touched
-        train.enable_compilation_cache(config)
-        train.train_and_evaluate(config, workdir)
+        compilation.enable_compilation_cache(config)
+        loop.train_and_evaluate(config, workdir, hooks=hooks)
     except Interrupted as e:
         return _fail(f"{e}: {resume}", e.exit_code)
     except UserError as e:

@@ -4,7 +4,8 @@
   masked CRC32C around hand-encoded ``Event``/``Summary`` protobufs holding scalar
   ``simple_value``s). Readable by tensorboard's own loaders.
 * ``MetricsLogger``: one JSON object per log event in ``<workdir>/metrics.jsonl`` and the same
-  scalars in ``<workdir>/tensorboard/``.
+  scalars in ``<workdir>/tensorboard/``; ``truncate_after`` drops the records a resumed run
+  replays.
 * ``ProgressBar``: epoch, step/steps, loss, accuracy, images/s and ETA; redrawn in place on a
   TTY, plain lines otherwise.
 * ``layer_table``: the one-time table of prunable layers (shape, total / kept weights).
@@ -162,6 +163,35 @@ class MetricsLogger:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def truncate_after(workdir: str, step: int) -> None:
+    """Drops the ``metrics.jsonl`` records logged after global step ``step``.
+
+    A resumed run replays the steps after its checkpoint; without this its file would hold
+    those steps twice, with this it equals the file of an uninterrupted run (apart from
+    timings). A line cut short by a kill is dropped too. Atomic: written to a temporary
+    file, then renamed over the old one.
+    """
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                keep = int(json.loads(line).get("step", 0)) <= step
+            except (ValueError, AttributeError):
+                keep = False  # a line cut short by a kill
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
 
 
 def _round(v):

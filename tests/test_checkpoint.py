@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpt_jax import checkpoint
-from mpt_jax.errors import CheckpointError
+from mpt_jax.errors import CheckpointError, CheckpointWriteError
 
 META = dict(epoch=1, step_in_epoch=0, global_step=7)
 
@@ -41,3 +41,24 @@ def test_restore_refuses_another_structure(tmp_path):
     message = str(e.value)
     assert "does not match this model (" in message and "\n" not in message
     assert message.endswith("use --config.restart=True or a new --workdir")
+
+
+def test_during_save_hook_runs_inside_the_save_and_a_failure_keeps_the_previous(tmp_path):
+    """``during_save`` (the tests' fault hook) runs while the save is still in orbax's
+    temporary directory; an OSError there (a full disk) leaves the previous save intact."""
+    calls = []
+
+    def during_save(meta, directory):
+        calls.append((meta["global_step"], directory))
+        if meta["global_step"] == 8:
+            raise OSError(28, "No space left on device", directory)
+
+    ckpt = checkpoint.Checkpointer(str(tmp_path), during_save=during_save)
+    tree = {"scores": np.arange(3, dtype=np.float32), "step": np.int32(7)}
+    ckpt.save(tree, META)
+    assert [step for step, _ in calls] == [7] and ".orbax-checkpoint-tmp" in calls[0][1]
+    with pytest.raises(CheckpointWriteError, match=r"could not write checkpoint step 8 .*No "
+                       r"space left on device.*previous checkpoint is intact: .*global step 7"):
+        ckpt.save(tree, dict(META, global_step=8))
+    assert ckpt.latest_step() == 7
+    ckpt.close()

@@ -1,4 +1,4 @@
-"""The persistent XLA compilation cache (train.enable_compilation_cache): a second run of the
+"""The persistent XLA compilation cache (compilation.enable_compilation_cache): a second run of the
 same config loads every compiled step from <cache_dir>/xla instead of compiling it, and
 ends with exactly the first run's result; compilation_cache=False or an empty cache_dir
 leaves no cache behind. Real subprocesses of ``python -m mpt_jax.main`` (JAX reads the

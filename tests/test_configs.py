@@ -139,12 +139,12 @@ def test_baseline_and_plus_bn_selection():
     assert config_utils.resolve(w).learning_rate == 2e-4  # resolving twice changes nothing
 
 
-# The defaults before the field table existed (debug_nan_at_step is a test hook).
+# The defaults before the field table existed.
 DEFAULTS = dict(
     adam_weight_decay=False, augment=True,
     baseline_hparams={'binary_trained': {}, 'dense': {}, 'edgepopup': {}}, batch_size=128,
     bn_affine=False, checkpoint_every_epochs=1, checkpoint_every_steps=0,
-    compilation_cache=True, data_dir='', dataset='digits', debug_nan_at_step=-1,
+    compilation_cache=True, data_dir='', dataset='digits',
     eval_batch_size=128, fan_mode='fan_in', grad_clip=0.0, holdout_per_class=500,
     input_pipeline='auto', keep_fraction=0.5, label_smoothing=0.0, learn_batchnorm=False,
     learn_batchnorm_hparams={}, learning_rate=0.1, log_every_steps=50, mask_impl='auto',

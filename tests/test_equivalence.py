@@ -17,6 +17,7 @@ import pytest
 from mpt_jax import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DRIVER = os.path.join(ROOT, "tests", "fault_driver.py")
 TIMEOUT = 150
 STEPS = 6
 ARGS = ("--config=configs/smoke.py", "--config.num_epochs=1", f"--config.max_train_steps={STEPS}")
@@ -28,11 +29,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(workdir, devices, extra_env=None):
+def launch(workdir, devices, extra_env=None, faults=()):
+    """``python -m mpt_jax.main``, or with ``faults`` (e.g. "--pause_after_step=3") the same
+    command line through tests/fault_driver.py."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                **(extra_env or {}))
-    return subprocess.Popen([sys.executable, "-m", "mpt_jax.main", *ARGS, f"--workdir={workdir}"],
+    program = [DRIVER, *faults, "--"] if faults else ["-m", "mpt_jax.main"]
+    return subprocess.Popen([sys.executable, *program, *ARGS, f"--workdir={workdir}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -103,8 +107,8 @@ def test_sigterm_stops_all_processes_together(tmp_path):
     port = free_port()
     workdir = str(tmp_path / "multi")
     env = lambda i: dict(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                         JAX_PROCESS_ID=str(i), MPT_JAX_TEST_PAUSE_AT_STEP="5")
-    procs = [launch(workdir, 2, env(i)) for i in range(2)]
+                         JAX_PROCESS_ID=str(i))
+    procs = [launch(workdir, 2, env(i), faults=["--pause_after_step=5"]) for i in range(2)]
     try:
         for p in procs:  # the marker is the first stdout line of process 1; wait for both
             wait_marker(p, 5)
@@ -138,9 +142,10 @@ def test_resume_on_another_device_count(tmp_path):
     8 resumes on 1; both end, after all 6 steps, with the scores of an uninterrupted 1-device
     run (float32 tolerance: only the reduction order differs) and the same random weights."""
     dirs = {name: str(tmp_path / name) for name in ("ref", "one_to_eight", "eight_to_one")}
-    pause = dict(MPT_JAX_TEST_PAUSE_AT_STEP="3")
+    pause = ["--pause_after_step=3"]
     ref = launch(dirs["ref"], 1)
-    first = [launch(dirs["one_to_eight"], 1, pause), launch(dirs["eight_to_one"], 8, pause)]
+    first = [launch(dirs["one_to_eight"], 1, faults=pause),
+             launch(dirs["eight_to_one"], 8, faults=pause)]
     for proc in first:
         rc, _, err = _stop_at(proc, 3)
         assert rc == 143, err[-3000:]

@@ -13,6 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
+FAULT_DRIVER = os.path.join(ROOT, "tests", "fault_driver.py")
 
 
 def load(name):
@@ -30,12 +31,20 @@ plot = load("plot")
 POINTS = [("configs/default.py", {"keep_fraction": 0.5}),
           ("configs/default.py", {"keep_fraction": 0.25})]
 NAMES = ["default,keep_fraction=0.5", "default,keep_fraction=0.25"]
+# --pause_after_step=N runs the points through tests/fault_driver.py (the same command line,
+# paused after global step N until a signal arrives).
 DRIVER = f"""
 import sys
 sys.path.insert(0, {EXPERIMENTS!r})
 import sweep
 sweep.SWEEPS["digits"] = {POINTS!r}
-sys.exit(sweep.main(sys.argv[1:]))
+args = sys.argv[1:]
+faults = [a for a in args if a.startswith("--pause_after_step=")]
+if faults:
+    args = [a for a in args if a not in faults]
+    command = sweep.command
+    sweep.command = lambda *a: [sys.executable, {FAULT_DRIVER!r}, *faults, "--"] + command(*a)[3:]
+sys.exit(sweep.main(args))
 """
 
 
@@ -84,8 +93,8 @@ def test_sweep_stops_on_sigterm_resumes_and_plots(tmp_path):
 
     # 1. SIGTERM to the sweep while its first point runs: the point saves a checkpoint and
     #    stops (not SIGKILLed), the sweep records it and stops before the second point.
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(env, MPT_JAX_TEST_PAUSE_AT_STEP="5"))
+    proc = subprocess.Popen(cmd + ["--pause_after_step=5"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stdout:
         if "test-hook: paused after step 5" in line:
             proc.send_signal(signal.SIGTERM)

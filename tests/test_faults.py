@@ -4,8 +4,9 @@ One tiny run (configs/smoke.py: 32-unit biprop MLP on the embedded digits, 22 st
 3 epochs, a checkpoint every 5 global steps) is trained once without interruption; the
 interrupted runs below must end bit-identical to it (same XLA program on the same CPU: the
 data order is a pure function of (seed, epoch) and every piece of state is checkpointed).
-Test hooks (environment variables, see train.py / checkpoint.py) only pause a run at a known
-point; the kill / terminate itself is a real signal sent with ``Popen.send_signal``.
+Test hooks (tests/fault_driver.py: mpt_jax.main's command line with ``loop.Hooks``) only pause
+a run at a known point; the kill / terminate itself is a real signal sent with
+``Popen.send_signal``.
 """
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 from mpt_jax import checkpoint, ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DRIVER = os.path.join(ROOT, "tests", "fault_driver.py")
 SPE = 22  # digits: 1,438 training images // batch 64
 ARGS = ("--config=configs/smoke.py", "--config.num_epochs=3", "--config.checkpoint_every_steps=5")
 TIMEOUT = 120
@@ -32,12 +34,14 @@ def env(tmp_path_factory):
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
-def start(workdir, env, *extra, hook_env=None):
+def start(workdir, env, *extra, faults=()):
+    """``python -m mpt_jax.main``, or with ``faults`` (e.g. "--pause_after_step=3") the same
+    command line through tests/fault_driver.py."""
     out = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".out"), "w+")
     err = open(out.name[:-4] + ".err", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "mpt_jax.main", *ARGS, f"--workdir={workdir}",
-                             *extra], cwd=ROOT, env=dict(env, **(hook_env or {})), stdout=out,
-                            stderr=err, text=True)
+    program = [DRIVER, *faults, "--"] if faults else ["-m", "mpt_jax.main"]
+    proc = subprocess.Popen([sys.executable, *program, *ARGS, f"--workdir={workdir}", *extra],
+                            cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
     proc.out_path, proc.err_path = out.name, err.name
     return proc
 
@@ -51,8 +55,8 @@ def finish(proc, timeout=TIMEOUT):
     return rc, open(proc.out_path).read(), open(proc.err_path).read()
 
 
-def run(workdir, env, *extra, hook_env=None):
-    return finish(start(workdir, env, *extra, hook_env=hook_env))
+def run(workdir, env, *extra):
+    return finish(start(workdir, env, *extra))
 
 
 def wait_for(proc, marker, timeout=TIMEOUT):
@@ -132,7 +136,7 @@ def reference(tmp_path_factory, env):
 def test_sigkill_mid_epoch_2_resumes_bit_exact(tmp_path, env, reference):
     workdir = str(tmp_path / "run")
     # Pause after global step 33 = epoch 2, step 11 of 22; the last checkpoint is step 30.
-    proc = start(workdir, env, hook_env=dict(MPT_JAX_TEST_PAUSE_AT_STEP="33"))
+    proc = start(workdir, env, faults=["--pause_after_step=33"])
     wait_for(proc, "test-hook: paused after step 33")
     proc.send_signal(signal.SIGKILL)
     rc, _, _ = finish(proc)
@@ -146,8 +150,7 @@ def test_sigkill_mid_epoch_2_resumes_bit_exact(tmp_path, env, reference):
 
 def test_sigterm_checkpoints_and_prints_resume_command(tmp_path, env, reference):
     workdir = str(tmp_path / "run")
-    proc = start(workdir, env, "--config.restart=True",
-                 hook_env=dict(MPT_JAX_TEST_PAUSE_AT_STEP="27"))
+    proc = start(workdir, env, "--config.restart=True", faults=["--pause_after_step=27"])
     wait_for(proc, "test-hook: paused after step 27")
     proc.send_signal(signal.SIGTERM)
     rc, _, err = finish(proc)
@@ -173,7 +176,7 @@ def test_sigkill_during_checkpoint_write_is_never_read(tmp_path, env, reference)
     workdir = str(tmp_path / "run")
     latest = os.path.join(workdir, "checkpoints", "latest")
     # Step 44 = end of epoch 2: killed while orbax writes its temporary directory.
-    proc = start(workdir, env, hook_env=dict(MPT_JAX_TEST_PAUSE_IN_SAVE="44"))
+    proc = start(workdir, env, faults=["--pause_in_save=44"])
     wait_for(proc, "test-hook: pausing inside the save of step 44")
     proc.send_signal(signal.SIGKILL)
     finish(proc)
@@ -189,7 +192,7 @@ def test_sigkill_during_checkpoint_write_is_never_read(tmp_path, env, reference)
 
 def test_ctrl_c_finishes_the_step_and_saves(tmp_path, env):
     workdir = str(tmp_path / "run")
-    proc = start(workdir, env, hook_env=dict(MPT_JAX_TEST_PAUSE_AT_STEP="3"))
+    proc = start(workdir, env, faults=["--pause_after_step=3"])
     wait_for(proc, "test-hook: paused after step 3")
     proc.send_signal(signal.SIGINT)
     rc, _, err = finish(proc)

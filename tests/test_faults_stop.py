@@ -1,5 +1,6 @@
 """Issue 4 "Faults" that stop a run: non-finite steps, a failing checkpoint save (disk full),
-a workdir holding another run's checkpoint. Real ``python -m mpt_jax.main`` subprocesses."""
+a workdir holding another run's checkpoint. Real ``python -m mpt_jax.main`` subprocesses (the
+injected faults through tests/fault_driver.py, the same command line with ``loop.Hooks``)."""
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from mpt_jax import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DRIVER = os.path.join(ROOT, "tests", "fault_driver.py")
 TIMEOUT = 120
 
 
@@ -20,11 +22,11 @@ def env(tmp_path_factory):
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
-def main(workdir, env, *args, hook_env=None):
-    proc = subprocess.run([sys.executable, "-m", "mpt_jax.main", "--config=configs/smoke.py",
-                           f"--workdir={workdir}", *args], cwd=ROOT,
-                          env=dict(env, **(hook_env or {})), capture_output=True, text=True,
-                          timeout=TIMEOUT)
+def main(workdir, env, *args, faults=()):
+    program = [DRIVER, *faults, "--"] if faults else ["-m", "mpt_jax.main"]
+    proc = subprocess.run([sys.executable, *program, "--config=configs/smoke.py",
+                           f"--workdir={workdir}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -44,7 +46,7 @@ def test_nonfinite_step_stops_and_keeps_last_good_checkpoint(tmp_path, env):
     workdir = str(tmp_path / "run")
     # Global step 30 (epoch 2) gets NaN inputs; checkpoints every 5 steps + epoch ends.
     rc, out, err = main(workdir, env, "--config.checkpoint_every_steps=5",
-                        "--config.debug_nan_at_step=30")
+                        faults=["--nan_at_step=30"])
     assert rc == 3, err[-3000:]
     line = one_error_line(err)
     assert "non-finite loss or gradients at global step 30 (epoch 2)" in line
@@ -59,7 +61,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, env):
     workdir = str(tmp_path / "run")
     # The save at the end of epoch 1 (step 22) raises ENOSPC after part of it was written.
     rc, out, err = main(workdir, env, "--config.checkpoint_every_steps=10",
-                        hook_env=dict(MPT_JAX_FAIL_SAVE_AT_EPOCH="1"))
+                        faults=["--fail_save_at_epoch=1"])
     assert rc == 4, err[-3000:]
     line = one_error_line(err)
     assert "could not write checkpoint step 22" in line and "No space left on device" in line

@@ -1,6 +1,5 @@
 """Batched masks of all layers at once (mpt_jax.masks, issue 6) and the mask_impl="batched"
 training step: exactly the per-layer kept sets, and bit-identical training."""
-import functools
 
 import chex
 import jax
@@ -131,9 +130,9 @@ def test_batched_step_bit_identical_to_per_layer(model_name, mode):
         assert "masks" not in jax.eval_shape(
             lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
         chex.clear_trace_counter()  # one trace per configuration of this loop
-        step_fn = functools.partial(train.train_step, model=model, tx=tx, config=config)
+        step_fn, eval_fn = train.make_steps(config, model, tx)
         step = jax.jit(chex.assert_max_traces(lambda s, b: step_fn(s, b), n=1))
-        ev = jax.jit(functools.partial(train.eval_step, model=model, config=config))
+        ev = jax.jit(eval_fn)
         new_state, metrics = step(state, batch)
         new_state, metrics2 = step(new_state, batch)  # second step: no retrace
         results[(impl, method)] = (new_state.params, new_state.batch_stats, metrics["loss"],

@@ -43,7 +43,7 @@ def test_every_code_cell_is_python():
 def test_install_and_default_cells_train_the_default_run(tmp_path):
     cells = code_cells()
     script = "\n\n".join(as_python(cells[i]) for i in (1, 3, 5))
-    assert "train.train_and_evaluate" in script and "enable_compilation_cache" in script
+    assert "loop.train_and_evaluate" in script and "enable_compilation_cache" in script
     assert "plot.plot_curves" in script
     script = script.replace("/content", str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,

@@ -11,7 +11,7 @@ import sys
 CHECK = """
 import sys
 import mpt_jax, mpt_jax.ops, mpt_jax.models, mpt_jax.train, mpt_jax.data, mpt_jax.ticket
-import mpt_jax.ticket.bitpack, mpt_jax.ticket.torch_import, mpt_jax.masks, mpt_jax.main
+import mpt_jax.ticket.bitpack, mpt_jax.ticket.torch_import, mpt_jax.masks, mpt_jax.main, mpt_jax.loop
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'torch'))
 print('HEAVY', heavy)
 """

@@ -64,7 +64,7 @@ def _setup(case: str, precision: str):
     model = train.create_model(config, 10)
     tx = optim.make_optimizer(config, 100)
     state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0), image)
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config))
+    step = jax.jit(train.make_steps(config, model, tx)[0])
     return model, state, step
 
 

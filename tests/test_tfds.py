@@ -415,7 +415,7 @@ def load_config_file(name):
 
 
 def test_train_and_evaluate_on_mocked_imagenet(tmp_path, imagenet_dir):
-    from mpt_jax import train  # noqa: PLC0415
+    from mpt_jax import loop  # noqa: PLC0415
     config = load_config_file("imagenet_wrn50")
     assert config.dataset == "imagenet2012" and config.input_pipeline == "tfds"
     config.data_dir = imagenet_dir
@@ -430,7 +430,7 @@ def test_train_and_evaluate_on_mocked_imagenet(tmp_path, imagenet_dir):
     config.progress_bar = False
     config.precision = "float32"
     with mock_imagenet(imagenet_dir):
-        result = train.train_and_evaluate(config, str(tmp_path / "run"))
+        result = loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert result["dataset"] == "imagenet2012" and result["global_step"] == 2
     assert result["num_eval"] == N_IMAGENET  # every validation example counted once
     assert result["eval_split"].startswith("validation")

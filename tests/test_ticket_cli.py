@@ -106,7 +106,7 @@ def test_real_run_export_and_evaluate(tmp_path, capsys):
     import importlib.util
     import os
 
-    from mpt_jax import train
+    from mpt_jax import loop
 
     spec = importlib.util.spec_from_file_location(
         "smoke", os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py"))
@@ -116,7 +116,7 @@ def test_real_run_export_and_evaluate(tmp_path, capsys):
     config.model = "mlp_binact"
     config.num_epochs = 1
     workdir = str(tmp_path / "run")
-    result = train.train_and_evaluate(config, workdir)
+    result = loop.train_and_evaluate(config, workdir)
     out = tmp_path / "run.mptk"
     assert T.main(["ticket", "export", f"--workdir={workdir}", f"--out={out}"]) == 0
     capsys.readouterr()

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mpt_jax import checkpoint, config_utils, optim, parallel, train
+from mpt_jax import checkpoint, compilation, config_utils, loop, optim, parallel, train
 from mpt_jax import metrics as metrics_lib
 from mpt_jax.errors import CheckpointError
 
@@ -105,8 +105,8 @@ def test_global_pruning_threshold_no_retrace():
     config = tiny_config(pruning="global", keep_fraction=0.3)
     model, tx, state = setup(config, mesh)
     ds = TinyDataset(mesh)
-    step_fn = chex.assert_max_traces(
-        lambda s, b: train.train_step(s, b, model=model, tx=tx, config=config), n=1)
+    train_fn, _ = train.make_steps(config, model, tx)
+    step_fn = chex.assert_max_traces(lambda s, b: train_fn(s, b), n=1)
     p_train = jax.jit(step_fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                       donate_argnums=(0,))
     batches = ds.train_batches(0)
@@ -178,7 +178,7 @@ def test_nonfinite_step_leaves_state_unchanged():
 
 
 def test_eval_step_compiled_ahead_matches_and_falls_back():
-    """train.CompiledAhead: the eval step compiled in a thread from abstract shapes (taken
+    """compilation.CompiledAhead: the eval step compiled in a thread from abstract shapes (taken
     before the train step donates the state) is the executable used and gives p_eval's
     numbers; an executable built for other shapes is dropped for the jitted function."""
     mesh = parallel.make_mesh()
@@ -187,16 +187,17 @@ def test_eval_step_compiled_ahead_matches_and_falls_back():
     ds = TinyDataset(mesh)
     p_train, p_eval = train.make_parallel_steps(config, model, tx, mesh)
     first = next(ds.eval_batches())
-    ahead = train.CompiledAhead(p_eval, train.abstract(state), train.abstract(first))
-    wrong = train.CompiledAhead(p_eval, train.abstract(state),
-                                train.abstract(jax.tree.map(lambda x: x[:8], first)))
+    ahead = compilation.CompiledAhead(p_eval, compilation.abstract(state),
+                                      compilation.abstract(first))
+    wrong = compilation.CompiledAhead(p_eval, compilation.abstract(state),
+                                      compilation.abstract(jax.tree.map(lambda x: x[:8], first)))
     for batch in list(ds.train_batches(0))[:2]:
         state, _ = p_train(state, batch)
     want = train.evaluate(p_eval, state, ds)
     assert train.evaluate(ahead, state, ds) == want
-    assert ahead._compiled is not None  # the ahead-of-time executable ran
+    assert ahead.uses_compiled  # the ahead-of-time executable ran
     assert train.evaluate(wrong, state, ds) == want
-    assert wrong._compiled is None  # rejected the real batches: the jitted step ran
+    assert not wrong.uses_compiled  # rejected the real batches: the jitted step ran
 
 
 def test_eval_step_counts_each_example_once_with_topk():
@@ -226,10 +227,10 @@ def test_eval_step_counts_each_example_once_with_topk():
 def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path, capsys):
     mesh = parallel.make_mesh()
     ds = TinyDataset(mesh)
-    straight = train.train_and_evaluate(tiny_config(), str(tmp_path / "a"), dataset=ds)
-    part = train.train_and_evaluate(tiny_config(max_train_steps=3), str(tmp_path / "b"), dataset=ds)
+    straight = loop.train_and_evaluate(tiny_config(), str(tmp_path / "a"), dataset=ds)
+    part = loop.train_and_evaluate(tiny_config(max_train_steps=3), str(tmp_path / "b"), dataset=ds)
     assert part["global_step"] == 3 and part["stop_reason"] == "max_train_steps"
-    resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / "b"), dataset=ds)
+    resumed = loop.train_and_evaluate(tiny_config(), str(tmp_path / "b"), dataset=ds)
     assert "resuming" in capsys.readouterr().out
     assert resumed["global_step"] == straight["global_step"] == 12
     a = checkpoint.load_for_inference(str(tmp_path / "a"))
@@ -238,19 +239,19 @@ def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path, capsys):
     chex.assert_trees_all_equal(a["batch_stats"], b["batch_stats"])
     assert resumed["final_top1"] == straight["final_top1"]
     # A finished run returns its stored result without training.
-    again = train.train_and_evaluate(tiny_config(), str(tmp_path / "b"), dataset=ds)
+    again = loop.train_and_evaluate(tiny_config(), str(tmp_path / "b"), dataset=ds)
     assert again == resumed
 
 
 def test_different_config_in_workdir_is_refused(tmp_path):
     mesh = parallel.make_mesh()
     ds = TinyDataset(mesh)
-    train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path), dataset=ds)
+    loop.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path), dataset=ds)
     with pytest.raises(CheckpointError, match=r"keep_fraction: checkpoint 0.5 vs config 0.3.*"
                                               r"--config.restart=True"):
-        train.train_and_evaluate(tiny_config(num_epochs=1, keep_fraction=0.3), str(tmp_path),
+        loop.train_and_evaluate(tiny_config(num_epochs=1, keep_fraction=0.3), str(tmp_path),
                                  dataset=ds)
-    out = train.train_and_evaluate(tiny_config(num_epochs=1, keep_fraction=0.3, restart=True),
+    out = loop.train_and_evaluate(tiny_config(num_epochs=1, keep_fraction=0.3, restart=True),
                                    str(tmp_path), dataset=ds)
     assert out["keep_fraction"] == 0.3
 
@@ -258,7 +259,7 @@ def test_different_config_in_workdir_is_refused(tmp_path):
 def test_not_learning_early_stop(tmp_path):
     mesh = parallel.make_mesh()
     ds = TinyDataset(mesh, eval_label=9)  # eval labels of a class never trained: top-1 = 0 %
-    out = train.train_and_evaluate(tiny_config(num_epochs=6, stop_if_not_learning=True),
+    out = loop.train_and_evaluate(tiny_config(num_epochs=6, stop_if_not_learning=True),
                                    str(tmp_path), dataset=ds)
     assert out["stop_reason"] == "not_learning"
     assert out["epochs_completed"] == 3  # SPEC 6.6: checked after evaluation when e > 1
@@ -394,8 +395,8 @@ def test_best_checkpoint_is_the_best_epoch_with_sparse_checkpoints(tmp_path):
     mesh = parallel.make_mesh()
     ds = TinyDataset(mesh)
     kw = dict(num_epochs=5, learning_rate=0.5)
-    every = train.train_and_evaluate(tiny_config(**kw), str(tmp_path / "every"), dataset=ds)
-    sparse = train.train_and_evaluate(tiny_config(checkpoint_every_epochs=4, **kw),
+    every = loop.train_and_evaluate(tiny_config(**kw), str(tmp_path / "every"), dataset=ds)
+    sparse = loop.train_and_evaluate(tiny_config(checkpoint_every_epochs=4, **kw),
                                       str(tmp_path / "sparse"), dataset=ds)
     assert sparse == dict(every, wall_seconds=sparse["wall_seconds"])
     a = checkpoint.load_for_inference(str(tmp_path / "every"), which="best")

@@ -1,0 +1,445 @@
+"""The training loop: one loop over global steps, with periodic actions.
+
+  train_and_evaluate(config, workdir, *, dataset=None, overridden=(), hooks=None) -> result
+  itstime(step, every, total=None, *, last=False, drop_close_to_last=0.0) -> bool
+
+Each iteration runs one training step (global step g, counted from 1) and then asks
+``itstime`` whether to log (every ``log_every_steps`` steps of an epoch; the epoch's last
+interval takes the remainder), to checkpoint mid-epoch (every ``checkpoint_every_steps``
+global steps), to evaluate (at each epoch's end, or when ``max_train_steps`` is reached) and
+whether to stop. After an evaluation the best top-1 is tracked and a checkpoint is written
+every ``checkpoint_every_epochs`` epochs (and at the end); the loop ends after the last epoch,
+at ``max_train_steps``, or when the run is not learning (``stop_if_not_learning``).
+
+At each epoch's start the global-pruning keep fraction k_t is set as its exact kept count, an
+array in the state (no recompilation). Rerunning with the same workdir resumes from the last
+checkpoint at the same epoch and step (the data order is a pure function of (seed, epoch)).
+SIGTERM / Ctrl-C finish the current step, checkpoint and raise ``Interrupted``; a non-finite
+step raises ``TrainingError`` and nothing after it is saved. Tests inject faults through a
+``Hooks`` object; a real run passes none.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Iterable
+
+import jax
+import ml_collections
+import numpy as np
+
+from mpt_jax import checkpoint as ckpt_lib
+from mpt_jax import config_utils, metrics as metrics_lib, ops, optim, parallel, report, train
+from mpt_jax.compilation import CompiledAhead, abstract
+from mpt_jax.errors import DataError, Interrupted, TrainingError, UserError
+from mpt_jax.signals import StopSignal, stop_requested
+
+NOT_LEARNING_TOP1 = 2.0  # percent: below this after the third epoch, the run is not learning
+
+
+def itstime(step: int, every: int, total: int | None = None, *, last: bool = False,
+            drop_close_to_last: float = 0.0) -> bool:
+    """Whether a periodic action is due after ``step``: every ``every`` steps (never if
+    ``every`` <= 0) and, if ``last``, at ``total``. A periodic point closer to ``total``
+    than ``drop_close_to_last * every`` steps is skipped (the action at ``total`` then covers
+    the remainder instead of following a moment later). After big_vision's ``itstime``."""
+    due = every > 0 and step % every == 0
+    if due and total is not None and drop_close_to_last:
+        due = total - step >= drop_close_to_last * every
+    return due or (last and step == total)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """Fault injection for tests (real runs pass none).
+
+    before_step(g, batch) -> batch: the batch global step g will train on (e.g. NaNs).
+    on_step(g, stop): after step g was dispatched, before its metrics are checked or a
+      checkpoint is written (e.g. pause until ``stop.received`` for a real signal).
+    during_checkpoint_save(meta, directory): inside every checkpoint save, after part of it
+      was written (``checkpoint.Checkpointer``'s ``during_save``: pause, or raise OSError).
+    """
+
+    before_step: Callable[[int, Any], Any] | None = None
+    on_step: Callable[[int, StopSignal], None] | None = None
+    during_checkpoint_save: Callable[[dict, str], None] | None = None
+
+
+@dataclasses.dataclass
+class RunState:
+    """What the loop carries between steps (host values; the TrainState travels apart)."""
+
+    steps_per_epoch: int
+    epoch: int = 0  # 0-based epoch of the next step
+    step_in_epoch: int = 0  # steps done in that epoch (== steps_per_epoch: not evaluated yet)
+    best: dict = dataclasses.field(default_factory=lambda: dict(top1=-1.0, top5=-1.0, epoch=0))
+    last_eval: dict | None = None
+    keep_fraction: float = 1.0  # k_t of the current epoch
+    first_step: int = 0  # global step this process started from (its first step compiles)
+    pending: list = dataclasses.field(default_factory=list)  # device metrics not fetched yet
+    window_start: float = 0.0  # when the current log interval's timing began
+    window_images: int = 0  # images trained in it
+    epoch_sums: tuple = (0.0, 0.0, 0)  # loss, top-1, steps this epoch (progress bar means)
+    pending_best: tuple | None = None  # (host state, meta) of a best epoch not yet written
+    stop_reason: str | None = None  # signal | not_learning | max_train_steps
+    result: dict | None = None
+
+    @property
+    def step(self) -> int:
+        """The global step: steps done since the run began."""
+        return self.epoch * self.steps_per_epoch + self.step_in_epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What the loop works with and never changes during a run."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    ds: Any
+    mesh: Any
+    p_train: Callable
+    p_eval: Callable
+    schedule: Callable
+    checkpointer: ckpt_lib.Checkpointer
+    hooks: Hooks
+    t_start: float
+    logger: metrics_lib.MetricsLogger | None = None
+    bar: metrics_lib.ProgressBar | None = None
+    stop: StopSignal | None = None
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
+                       overridden: Iterable[str] = (), hooks: Hooks | None = None) -> dict:
+    """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final metrics.
+
+    Metrics (percent): final_top1/5 (last evaluation), best_top1/5 and best_epoch (model
+    selection on the eval split, which ``eval_split`` names). A finished run returns its
+    stored result at once. ``hooks``: test-only fault injection (``Hooks``).
+    """
+    t_start = time.time()
+    config = config_utils.resolve(config, overridden)
+    config_utils.validate(config)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    hooks = hooks or Hooks()
+    checkpointer = ckpt_lib.Checkpointer(workdir, restart=bool(config.restart),
+                                         during_save=hooks.during_checkpoint_save)
+    try:  # until the loop's own try/finally: close orbax on any error (its threads)
+        meta = checkpointer.latest_meta()
+        stored = _stored_result(config, workdir, meta)
+        if stored is not None:
+            checkpointer.close()
+            return stored
+        ctx, state, run = _prepare(config, workdir, dataset, checkpointer, meta, hooks, t_start)
+    except BaseException:
+        checkpointer.close()
+        raise
+    is_main = jax.process_index() == 0
+    # Replayed steps (after the checkpoint) replace, not duplicate, earlier TensorBoard data.
+    logger = metrics_lib.MetricsLogger(workdir, enabled=is_main, start_step=run.step + 1)
+    bar = metrics_lib.ProgressBar(config.num_epochs, run.steps_per_epoch,
+                                  enabled=is_main and config.progress_bar)
+    bar.set_batch_size(config.batch_size)
+    try:
+        with StopSignal() as stop:
+            _loop(dataclasses.replace(ctx, logger=logger, bar=bar, stop=stop), run, state)
+    finally:
+        bar.end_epoch()
+        logger.close()
+        checkpointer.close()
+    return _finish(config, workdir, run)
+
+
+# ---------------------------------------------------------------------------
+# Start and end of a run
+
+
+def _stored_result(config, workdir: str, meta: dict | None) -> dict | None:
+    """The stored result when ``workdir`` holds this run, already finished; else None.
+    Refuses a checkpoint of another run."""
+    if meta is None:
+        return None
+    ckpt_lib.check_compatible(meta, config, workdir)
+    limit = config.max_train_steps > 0 and meta.get("global_step", 0) >= config.max_train_steps
+    if not (limit or meta.get("epoch", 0) >= config.num_epochs) or not meta.get("result"):
+        return None
+    report.finished_before(workdir, meta["epoch"], meta["result"])
+    return meta["result"]
+
+
+def _prepare(config, workdir, dataset, checkpointer, meta, hooks, t_start):
+    """(RunContext without logger / bar / stop, the initial or restored state, RunState)."""
+    mesh = parallel.make_mesh()
+    if dataset is None:
+        from mpt_jax import data  # noqa: PLC0415  (data imports heavier deps lazily)
+        dataset = data.get_dataset(config, mesh)
+    spe = int(dataset.steps_per_epoch)
+    if spe <= 0:
+        raise UserError(f"batch_size={config.batch_size} is larger than the "
+                        f"{dataset.num_train} training examples; lower --config.batch_size")
+    model = train.create_model(config, dataset.num_classes)
+    tx = optim.make_optimizer(config, spe)
+    p_train, p_eval = _parallel_steps(config, model, tx, mesh, dataset)
+    state = train.create_train_state(config, model, tx, jax.random.PRNGKey(config.seed),
+                                     dataset.image_shape)
+    state = parallel.replicate(state, mesh)
+    checkpointer.check_room_for(state)
+    run = RunState(steps_per_epoch=spe)
+    if meta is not None:
+        state = _restore(checkpointer, state, mesh, run, workdir)
+    else:
+        report.announce(config, dataset, model, state)
+    run.first_step = run.step
+    schedule = jax.jit(optim.make_schedule(config, spe))  # host-side lr for the logs
+    ctx = RunContext(config=config, workdir=workdir, ds=dataset, mesh=mesh, p_train=p_train,
+                     p_eval=p_eval, schedule=schedule, checkpointer=checkpointer, hooks=hooks,
+                     t_start=t_start)
+    return ctx, state, run
+
+
+def _parallel_steps(config, model, tx, mesh, ds):
+    """The jitted steps; with in-memory data both compile in a thread from abstract shapes
+    while this thread initialises (and maybe restores) the state and epoch 1 starts."""
+    p_train, p_eval = train.make_parallel_steps(config, model, tx, mesh)
+    if hasattr(ds, "train_batch_shapes") and hasattr(ds, "eval_batch_shapes"):
+        state_shapes = jax.eval_shape(lambda: train.create_train_state(
+            config, model, tx, jax.random.PRNGKey(config.seed), ds.image_shape))
+        state_shapes = abstract(state_shapes, parallel.replicated(mesh))
+        p_train = CompiledAhead(p_train, state_shapes, ds.train_batch_shapes())
+        p_eval = CompiledAhead(p_eval, state_shapes, ds.eval_batch_shapes())
+    return p_train, p_eval
+
+
+def _restore(checkpointer, state, mesh, run: RunState, workdir: str):
+    """The checkpointed state; ``run`` continues from its position, best and last eval."""
+    state, meta = checkpointer.restore(state, mesh)
+    run.epoch, run.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
+    run.best = meta.get("best", run.best)
+    run.last_eval = meta.get("last_eval")
+    if jax.process_index() == 0:
+        metrics_lib.truncate_after(workdir, int(meta["global_step"]))
+    report.echo(f"resuming {workdir} at epoch {run.epoch + 1}, step {run.step_in_epoch} "
+                f"(global step {meta['global_step']}) on {report.devices()}")
+    return state
+
+
+def _finish(config, workdir: str, run: RunState) -> dict:
+    """result.json and the closing lines of a run that ended."""
+    if run.result is None:
+        raise TrainingError("no training step was run: num_epochs is already reached in this "
+                            "workdir; raise --config.num_epochs to train further")
+    note = None
+    if run.stop_reason == "not_learning":
+        note = (f"stopped: best top-1 {run.best['top1']:.2f}% < {NOT_LEARNING_TOP1}% after "
+                f"epoch {run.last_eval['epoch']} (stop_if_not_learning)")
+    report.finished(config, workdir, run.result, note)
+    return run.result
+
+
+# ---------------------------------------------------------------------------
+# The loop
+
+
+def _loop(ctx: RunContext, run: RunState, state) -> None:
+    """Trains until the run ends: one iteration per global step (and one without a step where
+    a resume starts at an epoch end not evaluated yet, or a signal came before a step)."""
+    batches = None
+    while run.epoch < ctx.config.num_epochs:
+        if batches is None:
+            state, batches = _begin_epoch(ctx, run, state)
+        batch = None
+        if run.stop_reason is None and run.step_in_epoch < run.steps_per_epoch:
+            batch = next(batches, None)
+            if batch is None:
+                raise DataError(f"the training data of epoch {run.epoch + 1} ended after "
+                                f"{run.step_in_epoch} of {run.steps_per_epoch} steps")
+            state = _train_step(ctx, run, state, batch)
+        if batch is None or run.stop_reason or _evaluation_due(ctx.config, run):
+            ctx.bar.end_epoch()
+            if run.stop_reason == "signal":
+                _interrupt(ctx, run, state)
+            new_best = _evaluate_and_log(ctx, run, state)
+            if _after_evaluation(ctx, run, state, new_best):
+                return
+            batches = None
+
+
+def _limit_reached(config, global_step: int) -> bool:
+    return config.max_train_steps > 0 and global_step >= config.max_train_steps
+
+
+def _evaluation_due(config, run: RunState) -> bool:
+    return itstime(run.step, run.steps_per_epoch) or _limit_reached(config, run.step)
+
+
+def _begin_epoch(ctx: RunContext, run: RunState, state):
+    """(state with this epoch's keep fraction k_t, the epoch's remaining batches)."""
+    config = ctx.config
+    run.keep_fraction = (ops.global_keep_schedule(run.epoch, float(config.keep_fraction),
+                                                  int(config.prune_ramp_epochs))
+                         if config.pruning == "global" else float(config.keep_fraction))
+    state = train.with_keep_fraction(state, run.keep_fraction, parallel.replicated(ctx.mesh))
+    run.pending, run.epoch_sums = [], (0.0, 0.0, 0)
+    run.window_start, run.window_images = time.time(), 0
+    if jax.process_count() == 1 and ctx.stop.received:  # e.g. during the last evaluation
+        run.stop_reason = "signal"
+        return state, iter(())
+    return state, iter(ctx.ds.train_batches(run.epoch, run.step_in_epoch))
+
+
+def _train_step(ctx: RunContext, run: RunState, state, batch):
+    """One step, then what is due after it: the log (with the finiteness check), a mid-epoch
+    checkpoint, the stop on a signal."""
+    config, hooks = ctx.config, ctx.hooks
+    if hooks.before_step is not None:
+        batch = hooks.before_step(run.step + 1, batch)
+    state, metrics = ctx.p_train(state, batch)
+    run.step_in_epoch += 1
+    run.pending.append(metrics)  # fetched at the next log point: a fetch per step would sync
+    if hooks.on_step is not None:
+        hooks.on_step(run.step, ctx.stop)
+    if run.step == run.first_step + 1:
+        # The first step of a process includes compilation: time throughput from its end.
+        jax.block_until_ready(metrics)
+        run.window_start = time.time()
+    else:
+        run.window_images += config.batch_size
+    step, spe = run.step, run.steps_per_epoch
+    limit = _limit_reached(config, step)
+    checkpoint_now = (itstime(step, int(config.get("checkpoint_every_steps", 0) or 0))
+                      and run.step_in_epoch < spe and not limit)
+    # A log interval never ends within log_every_steps of the epoch's end: the last one
+    # takes the remainder (351 steps, every 50: ..., 300, 351), instead of a one-step
+    # interval whose noisy mean showed as a spike in the training curves.
+    log_now = itstime(run.step_in_epoch, config.log_every_steps, spe, last=True,
+                      drop_close_to_last=1.0)
+    sync_point = log_now or limit or checkpoint_now
+    if stop_requested(ctx.stop, sync_point):
+        run.stop_reason = "signal"
+    if sync_point or run.stop_reason:
+        _log_train(ctx, run)
+    if checkpoint_now and not run.stop_reason:
+        ctx.checkpointer.save(state, _meta(config, run))
+    return state
+
+
+def _log_train(ctx: RunContext, run: RunState) -> None:
+    """Fetches the steps' metrics since the last log, stops on a non-finite one, writes the
+    interval's record and updates the progress bar."""
+    step, spe = run.step, run.steps_per_epoch
+    fetched = parallel.to_host(run.pending)
+    run.pending = []
+    for j, f in enumerate(fetched):
+        if not bool(f["finite"]):
+            bad = step - len(fetched) + j + 1
+            raise TrainingError(
+                f"non-finite loss or gradients at global step {bad} (epoch {run.epoch + 1}); "
+                "training stopped and nothing was saved after it. Last good checkpoint "
+                f"(kept intact): {ctx.checkpointer.describe_latest()}. Lower "
+                "--config.learning_rate or check the data, then run again")
+    images_per_s = run.window_images / max(time.time() - run.window_start, 1e-9)
+    losses = [float(f["loss"]) for f in fetched]
+    accs = [float(f["top1"]) for f in fetched]
+    top5 = 100.0 * float(np.mean([float(f["top5"]) for f in fetched]))
+    loss_sum, acc_sum, count = run.epoch_sums
+    run.epoch_sums = (loss_sum + sum(losses), acc_sum + sum(accs), count + len(fetched))
+    ctx.logger.write(dict(step=step, epoch=run.epoch + run.step_in_epoch / spe, split="train",
+                          loss=float(np.mean(losses)), top1=100.0 * float(np.mean(accs)),
+                          top5=top5, lr=float(ctx.schedule(step - 1)),
+                          images_per_s=images_per_s))
+    loss_sum, acc_sum, count = run.epoch_sums
+    ctx.bar.update(run.epoch, run.step_in_epoch, loss_sum / count, acc_sum / count,
+                   images_per_s)
+    run.window_start, run.window_images = time.time(), 0
+
+
+def _interrupt(ctx: RunContext, run: RunState, state) -> None:
+    """Saves where the run stopped (and a best epoch still held on the host), then raises
+    ``Interrupted`` with the message ``main`` turns into the resume instructions."""
+    ctx.checkpointer.save(state, _meta(ctx.config, run))
+    if run.pending_best is not None:
+        ctx.checkpointer.save(*run.pending_best, best=True, latest=False)
+    # Multi-process: a process without the signal stops because another had it.
+    name = ctx.stop.received or "a signal to another process"
+    raise Interrupted(
+        f"stopped by {name} at epoch {run.epoch + 1}, step {run.step_in_epoch} "
+        f"of {run.steps_per_epoch} (global step {run.step}); checkpoint saved: "
+        f"{ctx.checkpointer.describe_latest()}; run the same command again to resume",
+        exit_code=130 if ctx.stop.received == "SIGINT" else 143)
+
+
+def _evaluate_and_log(ctx: RunContext, run: RunState, state) -> bool:
+    """Evaluates, updates the best top-1 and logs; returns whether this is a new best."""
+    ev = train.evaluate(ctx.p_eval, state, ctx.ds)
+    finished = run.step_in_epoch >= run.steps_per_epoch
+    epoch = run.epoch + 1 if finished else run.epoch  # epochs completed
+    run.last_eval = dict(ev, epoch=epoch, split=ctx.ds.eval_split_name)
+    run.best, new_best = update_best(run.best, ev, epoch)
+    ctx.logger.write(dict(step=run.step, epoch=epoch, split="eval", loss=ev["loss"],
+                          top1=ev["top1"], top5=ev["top5"], best_top1=run.best["top1"],
+                          lr=float(ctx.schedule(max(run.step - 1, 0))),
+                          keep_fraction=run.keep_fraction))
+    num_epochs = ctx.config.num_epochs
+    where = (f"epoch {epoch}/{num_epochs}" if finished else
+             f"epoch {run.epoch + 1}/{num_epochs} step {run.step_in_epoch}/{run.steps_per_epoch}")
+    report.echo(f"{where}: eval ({ctx.ds.eval_split_name}) "
+                f"top-1 {ev['top1']:.2f}% top-5 {ev['top5']:.2f}% loss {ev['loss']:.4f} "
+                f"(best top-1 {run.best['top1']:.2f}% at epoch {run.best['epoch']})")
+    return new_best
+
+
+def _after_evaluation(ctx: RunContext, run: RunState, state, new_best: bool) -> bool:
+    """Decides whether the run ends, moves to the next epoch and checkpoints what is due;
+    returns whether the run ended."""
+    config, step = ctx.config, run.step
+    limit = _limit_reached(config, step)
+    not_learning = (config.stop_if_not_learning and run.epoch > 1
+                    and run.best["top1"] < NOT_LEARNING_TOP1)
+    epoch = run.last_eval["epoch"]
+    if run.step_in_epoch >= run.steps_per_epoch:
+        run.epoch, run.step_in_epoch = run.epoch + 1, 0
+    last = run.epoch >= config.num_epochs or limit or not_learning
+    if not_learning:
+        run.stop_reason = "not_learning"
+    meta = _meta(config, run)
+    if last:
+        run.result = meta["result"] = report.run_result(
+            config, ctx.ds, run.best, run.last_eval, step, epoch, time.time() - ctx.t_start,
+            run.stop_reason or ("max_train_steps" if limit else None))
+    if last or itstime(epoch, config.checkpoint_every_epochs):
+        ctx.checkpointer.save(state, meta, best=new_best)
+        if run.pending_best is not None and not new_best:
+            ctx.checkpointer.save(*run.pending_best, best=True, latest=False)
+        run.pending_best = None
+    elif new_best:
+        # Keep the best epoch's state on the host and write it with the next checkpoint: a
+        # full save at every new best would cost more than a short CIFAR epoch (and ~1 GB
+        # per save for WRN-50-2).
+        run.pending_best = (parallel.to_host(state), meta)
+    if limit:
+        run.stop_reason = run.stop_reason or "max_train_steps"
+    return last
+
+
+def update_best(best: dict, ev: dict, epoch: int) -> tuple[dict, bool]:
+    """Best top-1 (model selection, with its epoch) and, separately, the best top-5."""
+    top5 = max(best["top5"], ev["top5"])
+    if ev["top1"] > best["top1"]:
+        return dict(top1=ev["top1"], top5=top5, epoch=epoch), True
+    return dict(best, top5=top5), False
+
+
+def _meta(config, run: RunState) -> dict:
+    """The checkpoint's JSON record: where the run continues, its best and last eval, the
+    config and its fingerprint."""
+    return dict(epoch=int(run.epoch), step_in_epoch=int(run.step_in_epoch),
+                global_step=int(run.step), best=dict(run.best), last_eval=run.last_eval,
+                keep_fraction=float(run.keep_fraction), model=config.model,
+                fingerprint=config_utils.fingerprint(config),
+                config=json.loads(config_utils.to_json(config)), time=time.time())
