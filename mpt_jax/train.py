@@ -37,7 +37,7 @@ import optax
 from flax import struct
 
 from mpt_jax import checkpoint as ckpt_lib
-from mpt_jax import config_utils, metrics as metrics_lib, ops, optim, parallel
+from mpt_jax import config_utils, masks as masks_lib, metrics as metrics_lib, ops, optim, parallel
 from mpt_jax.errors import Interrupted, TrainingError, UserError
 
 NOT_LEARNING_TOP1 = 2.0  # percent; SPEC 6.6 "not learning" rule
@@ -156,10 +156,7 @@ def with_global_threshold(state: TrainState) -> dict:
 
 def resolved_mask_impl(config) -> str:
     """``mask_impl`` with "auto" resolved: batched on GPU, per_layer on CPU/TPU (issue 6)."""
-    impl = config.get("mask_impl", "auto")
-    if impl == "auto":
-        return "batched" if jax.default_backend() == "gpu" else "per_layer"
-    return impl
+    return masks_lib.resolve_mask_impl(config.get("mask_impl", "auto"))
 
 
 def batched_masks(state: TrainState, config) -> dict:
@@ -169,15 +166,12 @@ def batched_masks(state: TrainState, config) -> dict:
     model.apply; the layers then skip their own per-layer top-k. Same kept sets, so the
     same training (mask_impl is not part of the checkpoint fingerprint).
     """
-    if config is None or resolved_mask_impl(config) != "batched":
+    if config is None:
         return {}
-    if config.mode not in ("biprop", "edgepopup") or config.get("pruning") != "layerwise":
-        return {}
-    from mpt_jax import masks as masks_lib  # noqa: PLC0415
-
-    return masks_lib.params_masks(jax.lax.stop_gradient(state.params),
-                                  float(config.keep_fraction),
-                                  config.get("mask_method", "radix_many"))
+    rule = masks_lib.rule_from_config(config.mode, config.get("pruning", "layerwise"),
+                                      config.get("mask_impl", "auto"),
+                                      config.get("mask_method", "radix_many"))
+    return rule.precompute(state.params, float(config.keep_fraction)).get("masks", {})
 
 
 def _with_masks(variables: dict, masks: dict) -> dict:
