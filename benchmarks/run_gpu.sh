@@ -125,21 +125,21 @@ for g in $BENCH_GROUPS; do
     # Batched masks first: rows biprop batched:<first method>, dense, the other batched
     # methods (the per-layer rows come in the r18 / conv4 groups if the budget allows).
     r18b)   run "resnet18_cifar batched" 60 150 $BENCH --model resnet18_cifar --batch $B_SMALL \
-              --precision $PREC --modes biprop,dense --select radix --mask-impl batched \
+              --precision $PREC --modes biprop,dense --select auto --mask-impl batched \
               --mask-method $MASK_METHODS --torch-peer $STEPS ;;
     conv4b) run "conv4 batched" 30 80 $BENCH --model conv4 --batch $B_SMALL --precision $PREC \
-              --modes biprop,dense --select radix --mask-impl batched \
+              --modes biprop,dense --select auto --mask-impl batched \
               --mask-method $MASK_METHODS --torch-peer $STEPS ;;
     # conv4 experiments on its mask-search gap: 6-bit compare digits (fewer passes, so
     # fewer kernels), XLA's command buffers (CUDA graphs) switched off, and more privatised
     # histogram copies against the hot-bin contention of the first radix pass (session 3's
     # profile: one 82 us pass of conv4's 208 us search); rows tagged with their settings.
     conv4x) run "conv4 compare digits" 25 60 $BENCH --model conv4 --batch $B_SMALL \
-              --precision $PREC --modes biprop --select radix --mask-impl batched \
+              --precision $PREC --modes biprop --select auto --mask-impl batched \
               --mask-method compare,compare6 $STEPS
             XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=" \
               run "conv4 without command buffers" 25 60 $BENCH --model conv4 \
-              --batch $B_SMALL --precision $PREC --modes biprop,dense --select radix \
+              --batch $B_SMALL --precision $PREC --modes biprop,dense --select auto \
               --mask-impl batched --mask-method radix_many $STEPS ;;
     # Wider scatter digits (fewer passes, thinner hot bins): MPT_JAX_SELECT_DIGITS plans in
     # $DIGIT_PLANS (default "16,15"), each with the histogram copies in $DIGIT_COPIES
@@ -150,47 +150,47 @@ for g in $BENCH_GROUPS; do
                   set -- $(model_batch $m)
                   MPT_JAX_SELECT_DIGITS=$d MPT_JAX_SELECT_COPIES=$c run "$1 digits=$d copies=$c" \
                     25 $3 $BENCH --model $1 --batch $2 --precision $PREC --modes biprop \
-                    --select radix --mask-impl batched --mask-method radix_many $STEPS
+                    --select auto --mask-impl batched --mask-method radix_many $STEPS
                 done
               done
             done ;;
     r18x)   run "resnet18_cifar compare digits" 40 90 $BENCH --model resnet18_cifar \
-              --batch $B_SMALL --precision $PREC --modes biprop --select radix \
+              --batch $B_SMALL --precision $PREC --modes biprop --select auto \
               --mask-impl batched --mask-method compare,compare6 $STEPS ;;
     copies) for c in ${COPIES:-256 1024}; do
               for m in ${KNOB_MODELS:-conv4 resnet18_cifar}; do
                 set -- $(model_batch $m)
                 MPT_JAX_SELECT_COPIES=$c run "$1 copies=$c" 25 $3 $BENCH --model $1 \
-                  --batch $2 --precision $PREC --modes biprop --select radix \
+                  --batch $2 --precision $PREC --modes biprop --select auto \
                   --mask-impl batched --mask-method radix_many $STEPS
               done
             done ;;
     wrn50b) run "wrn50_2 batched" 110 200 $BENCH --model wrn50_2 --batch $B_BIG --precision $PREC \
-              --modes biprop,dense --select radix --mask-impl batched \
+              --modes biprop,dense --select auto --mask-impl batched \
               --mask-method $WRN50_METHOD --torch-peer $STEPS ;;
     select) run select 30 90 $PY benchmarks/select_bench.py $SEL_MODELS \
               --repeats $SEL_REPEATS --json "$OUT/select.jsonl" \
               --only "$SEL_ONLY" ;;
     r18)    run resnet18_cifar 60 170 $BENCH --model resnet18_cifar --batch $B_SMALL \
-              --precision $PREC --modes biprop,dense --select radix,kept_mask,sort \
+              --precision $PREC --modes biprop,dense --select auto,kept_mask,sort \
               --torch-peer $STEPS ;;
     conv4)  run conv4 30 80 $BENCH --model conv4 --batch $B_SMALL --precision $PREC \
-              --modes biprop,dense --select radix --torch-peer $STEPS ;;
+              --modes biprop,dense --select auto --torch-peer $STEPS ;;
     wrn50)  run wrn50_2 120 240 $BENCH --model wrn50_2 --batch $B_BIG --precision $PREC \
-              --modes biprop,dense --select radix --mask-impl per_layer,batched \
+              --modes biprop,dense --select auto --mask-impl per_layer,batched \
               --mask-method $WRN50_METHOD --torch-peer $STEPS ;;
     wrn34)  if [ $DRY = 1 ]; then M=resnet20_cifar; B=$B_SMALL; else M=wrn34_2_binact; B=$B_BIG; fi
             run $M 90 150 $BENCH --model $M --batch $B --precision $PREC \
-              --modes biprop,dense --select radix --torch-peer $STEPS ;;
+              --modes biprop,dense --select auto --torch-peer $STEPS ;;
     wrn50sort) run "wrn50_2 sort" 70 120 $BENCH --model wrn50_2 --batch $B_BIG \
               --precision $PREC --modes biprop --select sort $STEPS ;;
     # The batched default (radix_many) for the two ImageNet models.
     wrn34b) if [ $DRY = 1 ]; then M=resnet20_cifar; B=$B_SMALL; else M=wrn34_2_binact; B=$B_BIG; fi
             run "$M batched" 90 170 $BENCH --model $M --batch $B --precision $PREC \
-              --modes biprop,dense --select radix --mask-impl batched \
+              --modes biprop,dense --select auto --mask-impl batched \
               --mask-method radix_many $STEPS ;;
     wrn50rm) run "wrn50_2 batched radix_many" 100 200 $BENCH --model wrn50_2 --batch $B_BIG \
-              --precision $PREC --modes biprop,dense --select radix --mask-impl batched \
+              --precision $PREC --modes biprop,dense --select auto --mask-impl batched \
               --mask-method radix_many --torch-peer $STEPS ;;
     # Where the time goes (benchmarks/profile_step.py): conv4 and resnet18_cifar with the
     # batched default, conv4 dense for comparison; tables appended to $OUT/profile.md.

@@ -7,10 +7,14 @@ from the real score initialiser) it times, all layers in one jitted function:
 
 * ``thr:<impl>``   the k-th largest |score| of every layer (mpt_jax.select), per layer;
 * ``thr:radix_many`` the batched radix select (one scatter per pass for all layers),
-  with ``copies`` = histogram privatisation factor (MPT_JAX_SELECT_COPIES);
-* ``mask:<impl>``  the whole mask, ops.topk_mask (threshold + compares + tie cumsum);
-  ``mask:radix kept_mask``: select.kept_mask (the tie cut-off by a second radix select
-  instead of the cumsum); ``mask:radix_many``: batched thresholds + ops' tie rule.
+  with ``copies`` = histogram privatisation factor;
+* ``mask:<impl>``  the whole mask, select.topk_mask's rule (threshold + compares + tie
+  cumsum); ``mask:radix kept_mask``: select_variants.kept_mask (the tie cut-off by a
+  second radix select instead of the cumsum); ``mask:radix_many``: batched thresholds +
+  the same tie rule.
+
+``thr:radix_compare`` and ``kept_mask`` come from benchmarks/select_variants.py, whose
+$MPT_JAX_SELECT_DIGITS / $MPT_JAX_SELECT_COPIES knobs also apply here.
 
 Prints one JSON line per variant and a table (median ms over ``--repeats`` calls), and
 checks that every variant returns the same thresholds (masks) as the sort.
@@ -32,7 +36,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mpt_jax import layers, models, ops, select  # noqa: E402
+from mpt_jax import layers, masks, models, select  # noqa: E402
+
+import select_variants  # noqa: E402  (benchmarks/select_variants.py, next to this script)
 
 IMAGE = {"cifar": (32, 32, 3), "imagenet": (224, 224, 3)}
 
@@ -60,27 +66,60 @@ def _time(fn, args, repeats: int) -> tuple[float, float, list]:
     return statistics.median(times) * 1e3, compile_s, out
 
 
+def _thresholds(fn):
+    return lambda mags, kk: [fn(m, k) for m, k in zip(mags, kk)]
+
+
+def _radix(copies):
+    return _thresholds(lambda m, k: select.kth_largest_radix(
+        m, k, digits=select_variants.env_digits(), copies=copies))
+
+
+def _radix_many(copies):
+    return lambda mags, kk: select.kth_largest_many(
+        mags, kk, "radix", digits=select_variants.env_digits(), copies=copies)
+
+
+def _masks_from(thresholds):
+    """The kept set of ``select.topk_mask`` after the given thresholds (same tie rule)."""
+    def fn(mags, kk):
+        return [select.mask_at_threshold(m, t, k)
+                for m, t, k in zip(mags, thresholds(mags, kk), kk)]
+    return fn
+
+
 def variants():
-    """name -> (implementation, copies or None, batched, what)"""
-    return [("thr:sort", "sort", None, False, "thr"),
-            ("thr:radix", "radix", "1", False, "thr"),
-            ("thr:radix copies=32", "radix", "32", False, "thr"),
-            ("thr:radix_many", "radix", "1", True, "thr"),
-            ("thr:radix_many copies=32", "radix", "32", True, "thr"),
-            ("thr:radix_compare", "radix_compare", None, False, "thr"),
-            ("mask:sort", "sort", None, False, "mask"),
-            ("mask:radix", "radix", None, False, "mask"),
-            ("mask:radix kept_mask", "radix", None, False, "kept_mask"),
-            ("mask:radix_many", "radix", "1", True, "mask"),
-            ("mask:radix_many copies=32", "radix", "32", True, "mask")]
+    """[(name, "thr" | "mask", fn(magnitudes, ks))]; copies = histogram privatisation
+    (default: $MPT_JAX_SELECT_COPIES, else the package's), digits from
+    $MPT_JAX_SELECT_DIGITS (benchmarks/select_variants.py)."""
+    env = select_variants.env_copies()
+    return [("thr:sort", "thr", _thresholds(select.kth_largest_sort)),
+            ("thr:radix", "thr", _radix(1)),
+            ("thr:radix copies=32", "thr", _radix(32)),
+            ("thr:radix_many", "thr", _radix_many(1)),
+            ("thr:radix_many copies=32", "thr", _radix_many(32)),
+            ("thr:radix_compare", "thr",
+             _thresholds(select_variants.kth_largest_radix_compare)),
+            ("mask:sort", "mask", _masks_from(_thresholds(select.kth_largest_sort))),
+            ("mask:radix", "mask", _masks_from(_radix(env))),
+            ("mask:radix kept_mask", "mask",
+             lambda mags, kk: [select_variants.kept_mask(m, k, "radix")
+                               for m, k in zip(mags, kk)]),
+            ("mask:radix_many", "mask", _masks_from(_radix_many(1))),
+            ("mask:radix_many copies=32", "mask", _masks_from(_radix_many(32)))]
 
 
-def _mask_from_threshold(flat, threshold, kept):
-    # ops.topk_mask after its threshold (same tie rule), for the batched-threshold variant.
-    above = flat > threshold
-    ties = flat == threshold
-    missing = kept - jnp.sum(above, dtype=jnp.int32)
-    return above | (ties & (jnp.cumsum(ties, dtype=jnp.int32) <= missing))
+def _check(row: dict, what: str, out, ks, refs: dict) -> None:
+    """Marks ``row`` with whether its thresholds / masks equal the first variant's."""
+    if what == "thr":
+        values = [float(x) for x in out]
+        refs.setdefault("thr", values)
+        row["same_as_sort"] = values == refs["thr"]
+        return
+    found = [np.asarray(m) for m in out]
+    refs.setdefault("mask", found)
+    row["kept_ok"] = all(int(m.sum()) == int(k) for m, k in zip(found, ks)) and \
+        all(np.array_equal(a, b) for a, b in zip(found, refs["mask"]))
 
 
 def run_model(model_name: str, keep_fraction: float, repeats: int, only: list[str]) -> list:
@@ -88,57 +127,26 @@ def run_model(model_name: str, keep_fraction: float, repeats: int, only: list[st
     sizes = [int(np.prod(s)) for s in shapes]
     key = jax.random.PRNGKey(0)
     scores = [layers.score_init(jax.random.fold_in(key, i), s) for i, s in enumerate(shapes)]
-    ks = [jnp.int32(ops.kept_count(n, keep_fraction)) for n in sizes]
+    ks = [jnp.int32(masks.kept_count(n, keep_fraction)) for n in sizes]
     jax.block_until_ready(scores)
     print(f"# {model_name}: {len(shapes)} score tensors, {sum(sizes):,} scores, largest "
           f"{max(sizes):,}; {jax.devices()[0].device_kind}", flush=True)
-    rows, reference, mask_reference = [], None, None
-    for name, impl, copies, batched, what in variants():
+    rows, refs = [], {}
+    for name, what, variant in variants():
         if only and name not in only:
             continue
-        old = os.environ.get("MPT_JAX_SELECT_COPIES")
         try:
-            if copies is not None:
-                os.environ["MPT_JAX_SELECT_COPIES"] = copies
-            select.set_implementation(impl)
-
-            def fn(sc, kk, _what=what, _batched=batched):
-                mags = [jnp.abs(s).reshape(-1) for s in sc]
-                if _what == "kept_mask":
-                    return [select.kept_mask(m, k) for m, k in zip(mags, kk)]
-                if _what == "mask" and _batched:  # batched thresholds, then ops' tie rule
-                    thr = select.kth_largest_many(mags, kk, batched=True)
-                    return [_mask_from_threshold(m, t, k) for m, t, k in zip(mags, thr, kk)]
-                if _what == "mask":
-                    return [ops.topk_mask(m, k) for m, k in zip(mags, kk)]
-                if _batched:
-                    return select.kth_largest_many(mags, kk, batched=True)
-                return [select.kth_largest(m, k) for m, k in zip(mags, kk)]
+            def fn(sc, kk, _variant=variant):
+                return _variant([jnp.abs(s).reshape(-1) for s in sc], kk)
 
             compiled = jax.jit(fn).lower(scores, ks).compile()
             ms, _, out = _time(compiled, (scores, ks), repeats)
             row = dict(model=model_name, variant=name, ms=round(ms, 3), layers=len(shapes),
                        scores=sum(sizes), device=jax.devices()[0].device_kind)
-            if what == "thr":
-                values = [float(x) for x in out]
-                if reference is None:
-                    reference = values
-                row["same_as_sort"] = values == reference
-            else:
-                masks = [np.asarray(m) for m in out]
-                if mask_reference is None:
-                    mask_reference = masks
-                row["kept_ok"] = all(int(m.sum()) == int(k) for m, k in zip(masks, ks)) and \
-                    all(np.array_equal(a, b) for a, b in zip(masks, mask_reference))
+            _check(row, what, out, ks, refs)
         except Exception as e:  # noqa: BLE001
             row = dict(model=model_name, variant=name, error=f"{type(e).__name__}: "
                        f"{str(e).splitlines()[0][:200]}")
-        finally:
-            select.set_implementation(None)
-            if old is None:
-                os.environ.pop("MPT_JAX_SELECT_COPIES", None)
-            else:
-                os.environ["MPT_JAX_SELECT_COPIES"] = old
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

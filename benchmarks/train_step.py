@@ -21,12 +21,17 @@ step the mask search and binarisation cost), ``step mem`` = the compiled step's 
 (arguments + outputs + temporaries - donated aliases, from XLA's memory analysis), ``peak``
 = the device allocator's peak so far in this process (GPU only; rows run in order, so it
 is exact for the first row and an upper bound afterwards), ``compile`` = lower + compile
-seconds. ``--select`` picks mpt_jax.select's k-th-largest implementation for the biprop rows;
-``--mask-impl batched`` (train.py mask_impl, all layers' masks at once before apply,
-mpt_jax.masks) with ``--mask-method compare,radix_many`` adds rows whose select column reads
-``batched:<method>``. ``noop`` replaces the select by a constant (WRONG masks, timing only: the cost of the mask
-without the threshold search); ``kept_mask`` uses select.kept_mask for the whole mask (tie
-cut-off by a second radix select instead of ops.topk_mask's cumsum).
+seconds. ``--select`` picks the per-layer k-th-largest search of the biprop rows
+(benchmarks/select_variants.py): ``auto`` is the package's own path (each layer searches its
+scores); ``sort``, ``radix``, ``radix_compare`` run that select per layer, as masks computed
+before the forward pass (mask_method ``per_leaf:<select>``: the same operations outside the
+layers); ``noop`` replaces the select by a constant (WRONG masks, timing only: the cost of the
+mask without the threshold search); ``kept_mask`` finds the tie cut-off by a second radix
+select instead of the cumsum. ``--mask-impl batched`` (train.py mask_impl, all layers' masks
+at once before apply, mpt_jax.masks) with ``--mask-method compare,radix_many`` adds rows
+whose select column reads ``batched:<method>`` (also ``compare_bcast<D>`` of
+select_variants). The speed knobs $MPT_JAX_SELECT* / $MPT_JAX_MASK_BITS of select_variants
+apply to the rows they concern and are shown in the ``env`` column.
 
 Row order: biprop with the first --select, then the other modes (dense), then biprop with
 the remaining selects, so that a time limit cuts the least important rows. The torch peer
@@ -57,8 +62,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import common as presets  # noqa: E402  (the repository root is on sys.path)
-from mpt_jax import config_fields, config_utils, ops, optim, parallel, select, train  # noqa: E402
+from mpt_jax import config_fields, config_utils, masks, optim, parallel, train  # noqa: E402
 from mpt_jax.data import registry as datasets  # noqa: E402
+
+import select_variants  # noqa: E402  (benchmarks/select_variants.py, next to this script)
 
 # model -> (config file, input size, classes). Other models: CIFAR preset if their name ends
 # in _cifar / starts with conv or vgg, else the ImageNet preset.
@@ -73,7 +80,7 @@ PEER_MODELS = {"conv4": ("conv4", []), "resnet18_cifar": ("cifar_resnet18", []),
                "wrn50_2": ("wrn50_2", ["--size", "224"]),
                "resnet50": ("resnet50", ["--size", "224"])}
 DEFAULT_PEER = os.path.join(_REPO, "..", "shared", "bench", "torch_peer.py")
-SELECTS = ("sort", "radix", "radix_compare", "auto", "noop", "kept_mask")
+SELECTS = select_variants.SELECTS + ("noop", "kept_mask")
 
 
 # ---------------------------------------------------------------------------
@@ -126,47 +133,12 @@ def build_step(config, mesh, seed: int = 0):
 # Timing
 
 
-def _noop_select(values, k):
-    del k
-    return jax.lax.stop_gradient(values[0])
-
-
-def _kept_mask_topk(magnitudes, kept):
-    return select.kept_mask(magnitudes.reshape(-1), kept).reshape(magnitudes.shape)
-
-
-class _SelectChoice:
-    """Sets mpt_jax.select's implementation (or a variant) while a step is traced.
-
-    ``noop``: the threshold is a constant (wrong masks; timing only). ``kept_mask``: radix
-    threshold and ops.topk_mask replaced by select.kept_mask (tie cut-off without a cumsum),
-    i.e. what the step costs if ops adopts it.
-    """
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __enter__(self):
-        self._saved = select.kth_largest, ops.topk_mask
-        if self.name == "noop":
-            select.kth_largest = _noop_select
-        elif self.name == "kept_mask":
-            select.set_implementation("radix")
-            ops.topk_mask = _kept_mask_topk
-        else:
-            select.set_implementation(self.name)
-
-    def __exit__(self, *exc):
-        select.kth_largest, ops.topk_mask = self._saved
-        select.set_implementation(None)
-
-
-def _select_label(config, select_name: str) -> str:
+def select_label(select_name: str, mask_impl: str, mask_method: str, mode: str) -> str:
     """The select column: the per-layer select, or batched:<mask_method> (mpt_jax.masks)."""
-    if config.mode not in ("biprop", "edgepopup"):
+    if mode not in ("biprop", "edgepopup"):
         return "-"
-    if config.get("mask_impl", "per_layer") == "batched" and config.pruning == "layerwise":
-        return f"batched:{config.mask_method}"
+    if mask_impl == "batched":
+        return f"batched:{mask_method}"
     return select_name
 
 
@@ -201,13 +173,13 @@ def _peak_memory() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def measure(config, mesh, select_name: str, warmup: int, steps: int, repeats: int) -> dict:
-    """Compiles and times one configuration; returns one table row."""
+def measure(config, mesh, label: str, warmup: int, steps: int, repeats: int) -> dict:
+    """Compiles and times one configuration; returns one table row (``label``: its
+    select column)."""
     t0 = time.perf_counter()
-    with _SelectChoice("auto" if select_name == "-" else select_name):
-        p_train, state, batch = build_step(config, mesh)
-        t1 = time.perf_counter()
-        compiled = p_train.lower(state, batch).compile()
+    p_train, state, batch = build_step(config, mesh)
+    t1 = time.perf_counter()
+    compiled = p_train.lower(state, batch).compile()
     compile_s = time.perf_counter() - t1
     for _ in range(warmup):
         state, metrics = compiled(state, batch)
@@ -223,7 +195,7 @@ def measure(config, mesh, select_name: str, warmup: int, steps: int, repeats: in
     med = statistics.median(times)
     return dict(model=config.model, mode=config.mode, batch=config.batch_size,
                 precision=str(jnp.dtype(train.compute_dtype(config))),
-                select=_select_label(config, select_name),
+                select=label,
                 images_per_s=round(config.batch_size / med, 1), ms_per_step=round(med * 1e3, 3),
                 spread=round((max(times) - min(times)) / med, 3),
                 step_mem_gib=_gib(_step_memory(compiled)), peak_gib=_gib(_peak_memory()),
@@ -332,6 +304,22 @@ def row_plan(modes: list[str], selects: list[str], mask_impls=("per_layer",),
     return first + others + rest
 
 
+def measure_row(args, mesh, mode: str, sel: str, impl: str, method: str) -> dict:
+    """One row of the plan, or a row saying why it failed (one failed row must not lose
+    the others)."""
+    label = select_label(sel, impl, method, mode)
+    try:
+        # The variant (and the environment's knobs) as the step's mask_impl/mask_method.
+        step_impl, step_method = select_variants.step_variant(
+            sel, impl, method if impl == "batched" else "compare")
+        config = load_config(args.model, mode, args.batch, args.precision,
+                             args.keep_fraction, step_impl, step_method)
+        return measure(config, mesh, label, args.warmup, args.steps, args.repeats)
+    except Exception as e:  # noqa: BLE001
+        return dict(model=args.model, mode=mode, batch=args.batch, precision=args.precision,
+                    select=label, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -344,7 +332,7 @@ def main(argv=None) -> int:
                          "one gives the main biprop row")
     ap.add_argument("--mask-method", default="compare",
                     help="comma list of mpt_jax.masks methods for the batched rows: "
-                         "compare|compare<D>|radix_many|per_layer")
+                         "compare|compare<D>|radix_many|per_layer|compare_bcast<D>")
     ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--keep-fraction", type=float, default=0.2)
     ap.add_argument("--warmup", type=int, default=3)
@@ -366,7 +354,7 @@ def main(argv=None) -> int:
         if s not in SELECTS:
             ap.error(f"--select {s!r}: choose from {', '.join(SELECTS)}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    from mpt_jax import masks  # noqa: PLC0415
+    select_variants.register_mask_methods()
     mask_impls = [s.strip() for s in args.mask_impl.split(",") if s.strip()]
     for s in mask_impls:
         if s not in config_fields.MASK_IMPLS:
@@ -392,15 +380,7 @@ def main(argv=None) -> int:
           flush=True)
     rows = []
     for mode, sel, impl, method in plan:
-        config = load_config(args.model, mode, args.batch, args.precision, args.keep_fraction,
-                             impl, method if impl == "batched" else "compare")
-        try:
-            row = measure(config, mesh, sel, args.warmup, args.steps, args.repeats)
-        except Exception as e:  # noqa: BLE001  (one failed row must not lose the others)
-            row = dict(model=args.model, mode=mode, batch=args.batch,
-                       precision=args.precision,
-                       select=sel if impl == "per_layer" else f"batched:{method}",
-                       error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        row = measure_row(args, mesh, mode, sel, impl, method)
         if peer is not None:
             row["peer_status"] = peer["status"]
             row["peer_images_per_s"] = (peer["images_per_s"] if peer["status"] == "ok"

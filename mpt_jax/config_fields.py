@@ -15,7 +15,7 @@ from typing import Any, Optional
 import ml_collections
 from ml_collections import config_dict
 
-from mpt_jax import layers, optim
+from mpt_jax import layers, masks, optim
 from mpt_jax.data import image_folder, registry as datasets
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -106,7 +106,7 @@ FIELDS = (
     Field("fan_mode", "fan_in", str, "the fan the init's standard deviation uses",
           layers.FAN_MODES),
     Field("pruning", "layerwise", str, "layerwise: every layer keeps keep_fraction of its "
-          "weights; global: one score threshold over all layers", layers.PRUNING),
+          "weights; global: one score threshold over all layers", masks.PRUNING),
     Field("prune_ramp_epochs", 10, int, "global pruning with keep_fraction <= 0.5: epochs over "
           "which the kept fraction falls (cubically) from 0.5 to keep_fraction", COUNT),
     Field("bn_affine", False, bool, "BatchNorm layers get a scale and a shift (1 and 0 at "

@@ -10,8 +10,12 @@ Variable collections (GUIDE.md):
 * ``pruning`` -- only with ``pruning="global"``: the scalar ``threshold`` tau of every
   layer, written by the training step before each forward pass (SPEC 1.7).
 * ``masks`` -- optional, layerwise biprop/edgepopup only: a bool ``mask`` per layer
-  precomputed for all layers at once (mpt_jax.masks, train.py mask_impl="batched"). Read
-  when given to ``apply``, never created by ``init``.
+  precomputed for all layers at once (``mpt_jax.masks.BatchedTopK``, the batched mask
+  path). Read when given to ``apply``, never created by ``init``.
+
+A layer receives its ``KernelOptions`` (mode, keep fraction, init, mask rule); the mask
+rule (``mpt_jax.masks``) gives the kept set, ``mpt_jax.ops.ste_kernel`` the kernel and
+its straight-through score gradient.
 
 Kernel modes:
 
@@ -23,6 +27,7 @@ Kernel modes:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
@@ -30,13 +35,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mpt_jax import ops
+from mpt_jax import masks, ops
 
 MODES = ("biprop", "edgepopup", "dense", "binary_trained")
 INITS = ("kaiming_normal", "signed_constant", "unsigned_constant")
 FAN_MODES = ("fan_in", "fan_out")
 SCALE_FAN = ("none", "reference", "kept")
-PRUNING = ("layerwise", "global")
 RELU_GAIN = math.sqrt(2.0)  # SPEC 3: nonlinearity must be relu, also for BinAct models
 
 
@@ -100,41 +104,53 @@ def score_init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-class _KernelLayer(nn.Module):
-    """Shared kernel logic of BipropConv / BipropDense (not used directly)."""
+@dataclasses.dataclass(frozen=True)
+class KernelOptions:
+    """How a layer builds its kernel: the mode, the mask rule, the random-weight init.
+
+    ``rule`` is a mask rule of ``mpt_jax.masks`` (``TopK()`` for layerwise pruning,
+    ``GlobalThreshold()`` for global pruning; ``masks.rule_for_pruning(name)``). Invalid
+    values raise a ValueError here, when the options are built.
+    """
 
     mode: str = "biprop"
     keep_fraction: float = 0.5
     weight_init: str = "kaiming_normal"
     fan_mode: str = "fan_in"
     scale_fan: str | bool = "none"
-    pruning: str = "layerwise"
+    rule: Any = masks.TopK()
+
+    def __post_init__(self):
+        _choice("mode", self.mode, MODES)
+        masks.validate_keep_fraction(self.keep_fraction)
+        _choice("init", self.weight_init, INITS)
+        _choice("fan_mode", self.fan_mode, FAN_MODES)
+        if self.scale_fan not in (True, False, None):
+            _choice("scale_fan", self.scale_fan, SCALE_FAN)
+
+    def weight_initializer(self) -> Callable:
+        return random_weight_init(self.weight_init, self.keep_fraction, self.fan_mode,
+                                  self.scale_fan)
+
+
+class _KernelLayer(nn.Module):
+    """Shared kernel logic of BipropConv / BipropDense (not used directly)."""
+
+    options: KernelOptions = KernelOptions()
     dtype: Any = jnp.float32  # compute dtype; variables are always float32
 
     def effective_kernel(self, shape: Sequence[int]) -> jax.Array:
-        mode = _choice("mode", self.mode, MODES)
-        _choice("pruning", self.pruning, PRUNING)
-        ops.validate_keep_fraction(self.keep_fraction)
-        w_init = random_weight_init(self.weight_init, self.keep_fraction, self.fan_mode, self.scale_fan)
-        if mode in ("dense", "binary_trained"):
+        opts = self.options
+        w_init = opts.weight_initializer()
+        if opts.mode in ("dense", "binary_trained"):
             kernel = self.param("kernel", w_init, tuple(shape), jnp.float32)
-            return kernel if mode == "dense" else ops.binary_weight(kernel)
+            return kernel if opts.mode == "dense" else ops.binary_weight(kernel)
         weight = self.variable("frozen", "weight",
                                lambda: w_init(self.make_rng("params"), tuple(shape))).value
         scores = self.param("scores", score_init, tuple(shape), jnp.float32)
-        binarize = mode == "biprop"
-        if self.pruning == "global":
-            tau = self.variable("pruning", "threshold", lambda: jnp.array(-jnp.inf)).value
-            return ops.threshold_kernel(weight, scores, tau, binarize)
-        if self.has_variable("masks", "mask"):
-            # Precomputed by the training step for all layers at once (train.py
-            # mask_impl="batched", mpt_jax.masks); only read, never created at init.
-            mask = self.get_variable("masks", "mask")
-            kept = ops.kept_count(math.prod(shape), self.keep_fraction)
-            return ops.kernel_from_mask(weight, scores, mask, kept, binarize)
-        if binarize:
-            return ops.biprop_kernel(weight, scores, self.keep_fraction)
-        return ops.edgepopup_kernel(weight, scores, self.keep_fraction)
+        with jax.named_scope(masks.SCOPE_MASK):
+            mask, count = opts.rule.layer_mask(self, scores, opts.keep_fraction)
+        return ops.ste_kernel(weight, scores, mask, count, binarize=opts.mode == "biprop")
 
 
 class BipropConv(_KernelLayer):

@@ -1,254 +1,250 @@
-"""Top-k masks of ALL layerwise score tensors at once (issue 6: the "batched" mask path).
+"""Mask rules: which entries of a layer's kernel are kept (the M of alpha * sign(W) * M).
 
-``layer_masks(scores, keep_fraction, method)`` returns, for every leaf of a pytree of score
-arrays, the boolean mask of its kept_count(n, keep_fraction) largest |scores| -- exactly
-``ops.topk_mask``'s kept set (entries above the k-th largest value, then the entries equal
-to it in increasing flat index order; SPEC 1.2). ``params_masks(params, ...)`` does the same
-for the ``scores`` leaves of a Flax ``params`` tree and returns the ``masks`` collection
-that ``layers._KernelLayer`` reads (``...["scores"]`` -> ``...["mask"]``).
+A rule turns a layer's scores into ``(mask, count)``: a bool mask of the kernel's shape
+and the number of kept entries that alpha divides by. ``mpt_jax.ops.ste_kernel`` then
+turns (weight, scores, mask, count) into the kernel and its straight-through gradient.
 
-Why: the per-layer mask (one radix select of 3 scatter-histogram passes + a tie cumsum +
-compares per layer) launches ~10 small kernels per layer, i.e. hundreds per step, with
-scatter atomics that serialise on the few exponents |scores| share. Here every layer is
-searched together, in one flat "blocked" copy of all codes:
+* ``TopK``            layerwise pruning: every layer keeps its
+  ``kept_count(n, keep_fraction)`` largest |scores| (``select.topk_mask``, exact, ties to
+  the lowest flat index). The layer searches its own scores unless the training step has
+  handed the masks of all layers in, precomputed at once (``precompute``).
+* ``BatchedTopK``     the same kept sets, but ``precompute`` finds them for all layers in
+  one computation before ``model.apply`` (``mpt_jax.select_many``; the GPU default) and
+  passes them in through the ``masks`` collection.
+* ``GlobalThreshold`` global pruning: one threshold tau over the |scores| of all layers
+  (``global_threshold``, set by the training step in the ``pruning`` collection); a layer
+  keeps |s| > tau.
 
-* layout: the uint31 codes of |s| (float32 bit patterns, sign cleared; monotone in the
-  value) of every layer, each padded with -1 to a multiple of ``BLOCK`` entries and
-  concatenated into one (num_blocks, BLOCK) int32 array; every block belongs to one layer
-  (static table). One copy of the scores.
-* thresholds, method ``"compare"`` (no atomics, no scatter): the k-th largest code t of a
-  layer is the largest c with #{code >= c} >= k. Its bits are found greedily from the top
-  in digits of D bits (default 4, bits 30..0 -> 8 passes): each pass counts, for every
-  layer and each of the 2^D - 1 candidates c_d = (prefix, d, 0...), the entries >= c_d by
-  one fused compare-and-sum over the blocked array -> (num_blocks, 2^D - 1), then per-layer
-  totals by a cumsum over blocks and differences at the (static) layer boundaries. The
-  digit is the number of candidates whose count reaches k. No prefix-equality test and no
-  "k minus higher bins" bookkeeping is needed; the count of the next candidate gives
-  #{code > t} for free. "compare" writes the C counts as C sibling reductions (XLA fuses
-  them into one kernel reading each code once); "compare_bcast" as one (blocks, C, BLOCK)
-  broadcast reduction (each code read C times, from cache). Which is faster is for the GPU
-  benchmark to say.
-* thresholds, method ``"radix_many"``: ``select.kth_largest_many(batched=True)`` (3 scatter
-  histogram passes for all layers; atomics).
-* ties, both methods: per-block counts of entries equal to t (one fused reduction, which
-  also counts entries above t for radix_many), a cumsum over blocks finds for every layer
-  the block holding its last kept tie; only those L blocks are gathered and ranked (an
-  (L, BLOCK) cumsum), giving per layer the flat index ``cut`` of the last kept tie.
-* the mask of a layer is then elementwise from its own scores and two scalars,
-  (code > t) | (code == t & index <= cut), which XLA fuses into the kernel's consumers.
-* ``"per_layer"``: ``ops.topk_mask`` on each leaf (the reference).
+Layers receive their rule (``rule_for_pruning``); the training step builds its rule from
+the config (``rule_from_config``) and merges ``rule.precompute(params, keep_fraction)``
+into the variables it applies the model with.
 
-Inputs are finite float scores (any float dtype; computed through float32 exactly). Like
-``mpt_jax.select``, the codes are exact for denormals while XLA:CPU's float compares flush
-them to zero: scores in the denormal range (< 1.2e-38) could then give a different tie
-order than ``ops.topk_mask`` (the scores of real networks are never that small).
+Counts (fixed conventions, see docs of ``kept_count``): ``keep_fraction`` is the fraction
+KEPT (0.2 = "80 % pruned"); a layer of n weights keeps n - floor((1 - keep_fraction) n),
+evaluated in float64 on the host.
 """
 from __future__ import annotations
 
-import os
-import re
+import dataclasses
+import math
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpt_jax import ops, select
+from mpt_jax import select, select_many
 
 Array = jax.Array
 
-METHODS = ("compare", "radix_many", "per_layer")
-DEFAULT_METHOD = "compare"
-BLOCK = 2048           # entries per block of the blocked layout (a power of two is not needed)
-DEFAULT_DIGIT_BITS = 4  # "compare": 2^4 - 1 = 15 candidates per pass, 8 passes
-_BITS_ENV_VAR = "MPT_JAX_MASK_BITS"
-_METHOD_RE = re.compile(r"^compare(_bcast)?([1-8])?$")
+PRUNING = ("layerwise", "global")
+MASK_IMPLS = ("auto", "per_layer", "batched")
+DEFAULT_METHOD = "radix_many"  # the batched method of the GPU default (benchmarks/RESULTS.md)
+BLOCK = select_many.BLOCK
+MASKS = "masks"      # collection of the precomputed masks: masks[<layer path>]["mask"]
+PRUNING_COLLECTION = "pruning"  # collection of the global threshold: [<layer>]["threshold"]
+
+# Name scope of the mask search in the compiled step, so that a profile
+# (benchmarks/profile_step.py) can tell it apart from the convolutions (XLA op_name metadata).
+SCOPE_MASK = "mask_search"
+
+# ---------------------------------------------------------------------------
+# Counts
+
+
+def validate_keep_fraction(keep_fraction: Any, name: str = "keep_fraction") -> float:
+    """Returns ``keep_fraction`` as a float, or raises a ValueError that says how to fix it."""
+    # Strings and bools are rejected even where float() would accept them ("0.5", True):
+    # they are config mistakes, not keep fractions.
+    if isinstance(keep_fraction, (str, bytes, bool, np.bool_)):
+        raise ValueError(
+            f"{name} must be a number in (0, 1] (the fraction of weights KEPT, e.g. 0.2 for "
+            f"'80 % pruned'), not a {type(keep_fraction).__name__}; got {keep_fraction!r}")
+    try:
+        value = float(keep_fraction)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a number in (0, 1] (the fraction of weights KEPT, e.g. 0.2 for "
+            f"'80 % pruned'); got {keep_fraction!r}") from None
+    if not (0.0 < value <= 1.0):  # also rejects NaN
+        raise ValueError(
+            f"{name} must be in (0, 1] (the fraction of weights KEPT, e.g. 0.2 for "
+            f"'80 % pruned'); got {keep_fraction!r}")
+    return value
+
+
+def check_keep_fraction(keep_fraction) -> None:
+    """Validates host values and concrete (non-traced) arrays; traced values cannot raise."""
+    if isinstance(keep_fraction, jax.core.Tracer):
+        return
+    if isinstance(keep_fraction, (jax.Array, np.ndarray)):
+        if keep_fraction.shape != ():
+            raise ValueError(f"keep_fraction must be a scalar, got an array of shape "
+                             f"{keep_fraction.shape}")
+        keep_fraction = keep_fraction.item()
+    validate_keep_fraction(keep_fraction)
+
+
+def kept_count(n: int, keep_fraction: float) -> int:
+    """Number of entries a layer of ``n`` weights keeps: n - floor((1 - k) n).
+
+    Evaluated in float64 exactly as the reference does, so e.g. (n, k) = (2560, 0.8) keeps
+    2049 entries, because 1 - 0.8 = 0.19999999999999996 in float64.
+    """
+    keep_fraction = validate_keep_fraction(keep_fraction)
+    if n <= 0:
+        raise ValueError(f"a layer must have at least one weight, got n={n}")
+    return int(n - math.floor((1.0 - keep_fraction) * n))
+
+
+def kept_for(n: int, keep_fraction) -> Array | int:
+    """Static int kept count for host numbers; a traced int32 for jax.Array keep fractions.
+
+    A jax.Array keep fraction (traced or not: eager and jitted calls must agree) is turned
+    into a count on device, in the array's own precision. With a float64 array (x64
+    enabled) that is exactly the host formula. With float32 it can differ by ONE entry
+    from the Python-float count whenever (1 - k) n lies within float32 rounding of an
+    integer, because float32(k) is not float64(k): e.g. (n, k) = (180, 0.3) keeps 54 with
+    jnp.float32(0.3) but 55 with 0.3 (the float64 rule); about 7 % of (layer size,
+    k = 0.05 ... 0.95) pairs differ. For the exact float64 count pass a Python float (the
+    layers do) or a float64 array. Exact float64 emulation on device is not attempted:
+    XLA rewrites x / c into x * (1 / c), and TPUs have no IEEE float64.
+    """
+    if not isinstance(keep_fraction, jax.Array):
+        return kept_count(n, validate_keep_fraction(keep_fraction))
+    k = keep_fraction
+    if not jnp.issubdtype(k.dtype, jnp.floating):
+        k = k.astype(jnp.float32)
+    # Clamped to [1, n] so the mask is never empty (a traced value cannot raise).
+    kept = n - jnp.floor((1.0 - k) * n).astype(jnp.int32)
+    return jnp.clip(kept, 1, n)
+
+
+# ---------------------------------------------------------------------------
+# Rules
+
+
+def topk(scores: Array, keep_fraction) -> tuple[Array, Array | int]:
+    """(mask, count) of the layerwise rule: the kept_for(n, keep_fraction) largest |scores|."""
+    kept = kept_for(scores.size, keep_fraction)
+    return select.topk_mask(jnp.abs(jax.lax.stop_gradient(scores)), kept), kept
+
+
+def above_threshold(scores: Array, threshold) -> tuple[Array, Array]:
+    """(mask, count) of the global rule in one layer: |scores| > threshold (strict). A layer
+    that keeps nothing gets count 1, so alpha = 0 (the reference yields 0/0 = NaN)."""
+    tau = jax.lax.stop_gradient(jnp.asarray(threshold, scores.dtype))
+    mask = jnp.abs(jax.lax.stop_gradient(scores)) > tau
+    return mask, jnp.maximum(jnp.sum(mask.astype(scores.dtype)), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopK:
+    """Layerwise pruning, each layer searching its own scores (or reading the mask the
+    training step precomputed for it)."""
+
+    def layer_mask(self, layer, scores: Array, keep_fraction: float):
+        """(mask, count) of ``layer`` (a Flax module, for its variables)."""
+        if layer.has_variable(MASKS, "mask"):
+            # Handed in by the training step (BatchedTopK.precompute); only read, never
+            # created at init. Same kept set, found for all layers at once.
+            return layer.get_variable(MASKS, "mask"), kept_count(scores.size, keep_fraction)
+        return topk(scores, keep_fraction)
+
+    def precompute(self, params, keep_fraction: float) -> dict:
+        """Variables to add before ``model.apply``: none, the layers search themselves."""
+        del params, keep_fraction
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchedTopK(TopK):
+    """Layerwise pruning with the masks of all layers found at once before the forward
+    pass (``select_many.topk_masks`` with ``method``) and handed to the layers."""
+
+    method: str = DEFAULT_METHOD
+    block: int = BLOCK
+
+    def __post_init__(self):
+        select_many.check_method(self.method)
+
+    def precompute(self, params, keep_fraction: float) -> dict:
+        """``{"masks": ...}``: a bool mask for every ``scores`` leaf of ``params``."""
+        found = params_masks(jax.lax.stop_gradient(params), keep_fraction, self.method,
+                             self.block)
+        return {MASKS: found} if found else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalThreshold:
+    """Global pruning: the layer keeps |s| > tau, tau read from the ``pruning`` collection
+    (-inf, i.e. everything kept, until the training step sets it)."""
+
+    def layer_mask(self, layer, scores: Array, keep_fraction: float):
+        del keep_fraction  # decided network-wide by tau
+        tau = layer.variable(PRUNING_COLLECTION, "threshold", lambda: jnp.array(-jnp.inf))
+        return above_threshold(scores, tau.value)
+
+    def precompute(self, params, keep_fraction: float) -> dict:
+        """Nothing: tau depends on the kept count of the ramp, which the training state holds
+        (the step writes it with ``global_threshold_for_count``)."""
+        del params, keep_fraction
+        return {}
+
+
+def rule_for_pruning(pruning: str):
+    """The rule a layer receives for the model option ``pruning``."""
+    if pruning == "layerwise":
+        return TopK()
+    if pruning == "global":
+        return GlobalThreshold()
+    raise ValueError(f"unknown pruning {pruning!r}; valid values: {', '.join(PRUNING)}")
+
+
+def resolve_mask_impl(mask_impl: str, backend: str | None = None) -> str:
+    """``mask_impl`` with "auto" resolved: batched on GPU, per_layer on CPU/TPU (measured:
+    on XLA:CPU the batched path is 2-3x slower; TPU unmeasured)."""
+    if mask_impl not in MASK_IMPLS:
+        raise ValueError(f"mask_impl must be one of {', '.join(MASK_IMPLS)}; got {mask_impl!r}")
+    if mask_impl == "auto":
+        backend = jax.default_backend() if backend is None else backend
+        return "batched" if backend == "gpu" else "per_layer"
+    return mask_impl
+
+
+def rule_from_config(mode: str, pruning: str, mask_impl: str = "auto",
+                     mask_method: str = DEFAULT_METHOD):
+    """The training step's rule from the config values (mask_impl resolved here): the
+    same kept sets whatever the implementation, so none of this enters checkpoints."""
+    rule = rule_for_pruning(pruning)
+    if (isinstance(rule, TopK) and mode in ("biprop", "edgepopup")
+            and resolve_mask_impl(mask_impl) == "batched"):
+        return BatchedTopK(mask_method)
+    return rule
+
+
+# ---------------------------------------------------------------------------
+# All layers at once (the batched implementation of TopK)
 
 
 def check_method(method: str) -> str:
-    """``method`` if valid ("compare", "compare_bcast", either with a digit width D in 1..8
-    appended, e.g. "compare6", "radix_many", "per_layer"), else a ValueError naming them."""
-    if method in METHODS or (isinstance(method, str) and _METHOD_RE.match(method)):
-        return method
-    raise ValueError(f"unknown mask method {method!r}; valid: {', '.join(METHODS)}, "
-                     f"compare_bcast (or compare<D> / compare_bcast<D>, D = 1..8 digit bits, "
-                     f"e.g. compare6)")
+    """A valid ``mask_method`` (see ``select_many.check_method``), else a ValueError."""
+    return select_many.check_method(method)
 
 
-def _digit_bits(method: str) -> int:
-    m = _METHOD_RE.match(method)
-    if m and m.group(2):
-        return int(m.group(2))
-    text = os.environ.get(_BITS_ENV_VAR, "").strip()
-    if text:
-        if not text.isdigit() or not 1 <= int(text) <= 8:
-            raise ValueError(f"{_BITS_ENV_VAR} must be an integer in 1..8; got {text!r}")
-        return int(text)
-    return DEFAULT_DIGIT_BITS
-
-
-def digit_widths(bits: int) -> tuple[int, ...]:
-    """Digit widths (most significant first) covering bits 30..0 with D-bit digits."""
-    full, rem = divmod(31, bits)
-    return ((rem,) if rem else ()) + (bits,) * full
-
-
-# ---------------------------------------------------------------------------
-# Static layout
-
-
-class _Layout:
-    """Static block table: layer l owns blocks [starts[l], ends[l])."""
-
-    def __init__(self, sizes: Sequence[int], block: int):
-        self.sizes = [int(n) for n in sizes]
-        self.block = block
-        counts = np.array([-(-n // block) for n in self.sizes], np.int64)
-        self.ends = np.cumsum(counts).astype(np.int32)
-        self.starts = (self.ends - counts).astype(np.int32)
-        self.num_blocks = int(self.ends[-1])
-        self.layer_of_block = np.repeat(np.arange(len(sizes), dtype=np.int32), counts)
-
-
-def _codes(x: Array) -> Array:
-    """Monotone int32 codes of |x| (float32 bit pattern with the sign bit cleared)."""
-    return select._codes(jnp.abs(x).reshape(-1)).astype(jnp.int32)
-
-
-def _blocked(codes: Sequence[Array], layout: _Layout) -> Array:
-    """(num_blocks, BLOCK) int32; padding is -1 (never >= a candidate >= 1, never == t >= 0)."""
-    parts = []
-    for c, n in zip(codes, layout.sizes):
-        pad = -n % layout.block
-        parts.append(jnp.pad(c, (0, pad), constant_values=-1) if pad else c)
-    flat = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
-    return flat.reshape(layout.num_blocks, layout.block)
-
-
-def _segment_totals(per_block: Array, layout: _Layout) -> Array:
-    """(num_blocks, ...) -> (L, ...): sums over each layer's (contiguous) blocks, without a
-    scatter: a cumsum over blocks and differences at the static boundaries."""
-    cs = jnp.cumsum(per_block, axis=0, dtype=jnp.int32)
-    end = cs[layout.ends - 1]
-    before = jnp.where((layout.starts > 0).reshape((-1,) + (1,) * (cs.ndim - 1)),
-                       cs[np.maximum(layout.starts - 1, 0)], 0)
-    return end - before
-
-
-# ---------------------------------------------------------------------------
-# Thresholds
-
-
-def _compare_select(blocked: Array, layout: _Layout, ks: Array, bits: int,
-                    split: bool = True):
-    """k-th largest code of every layer and #{code > it}, by compare-and-count passes."""
-    num = len(layout.sizes)
-    prefix = jnp.zeros((num,), jnp.int32)
-    above = jnp.zeros((num,), jnp.int32)  # #{code >= the interval's upper end}; 2^31 -> 0
-    shift = 31
-    for width in digit_widths(bits):
-        shift -= width
-        count = (1 << width) - 1
-        digits = jnp.arange(1, count + 1, dtype=jnp.int32)
-        cand = ((prefix[:, None] << width) | digits[None, :]) << shift  # (L, C), all >= 1
-        cand_blk = cand[layout.layer_of_block]                          # (num_blocks, C)
-        if split:
-            # C sibling reductions of the same input: XLA multi-output-fuses them into one
-            # kernel that reads each code once and does the C compares in registers.
-            per_block = jnp.stack(
-                [jnp.sum(blocked >= cand_blk[:, j:j + 1], axis=1, dtype=jnp.int32)
-                 for j in range(count)], axis=1)
-        else:
-            # One (num_blocks, C, BLOCK) broadcast compare reduced over the last axis: one
-            # row reduction that reads each block once per candidate (from cache).
-            ge = blocked[:, None, :] >= cand_blk[:, :, None]
-            per_block = jnp.sum(ge, axis=2, dtype=jnp.int32)
-        totals = _segment_totals(per_block, layout)                     # (L, C)
-        digit = jnp.sum(totals >= ks[:, None], axis=1, dtype=jnp.int32)  # 0..C
-        nxt = jnp.take_along_axis(totals, jnp.minimum(digit, count - 1)[:, None], 1)[:, 0]
-        above = jnp.where(digit < count, nxt, above)
-        prefix = (prefix << width) | digit
-    return prefix, above
-
-
-def _radix_many_select(leaves: Sequence[Array], ks: Sequence[int]) -> Array:
-    values = [jnp.abs(jax.lax.stop_gradient(x)).reshape(-1).astype(jnp.float32)
-              for x in leaves]
-    thresholds = select.kth_largest_many(values, list(ks), batched=True)
-    return jnp.stack([select._codes(t).astype(jnp.int32) for t in thresholds])
-
-
-# ---------------------------------------------------------------------------
-# Ties
-
-
-def _tie_cuts(blocked: Array, layout: _Layout, t: Array, above: Array | None,
-              ks: Array) -> Array:
-    """Local flat index of the last kept entry equal to t, per layer."""
-    lob = layout.layer_of_block
-    t_blk = t[lob][:, None]
-    eq_count = jnp.sum(blocked == t_blk, axis=1, dtype=jnp.int32)        # (num_blocks,)
-    if above is None:
-        above = _segment_totals(jnp.sum(blocked > t_blk, axis=1, dtype=jnp.int32), layout)
-    missing = ks - above                       # >= 1 ties to keep, <= ties in the layer
-    cs = jnp.cumsum(eq_count, dtype=jnp.int32)
-    before = jnp.where(layout.starts > 0, cs[np.maximum(layout.starts - 1, 0)], 0)
-    within = cs - before[lob]                  # ties of the layer up to this block, inclusive
-    short = (within < missing[lob]).astype(jnp.int32)  # blocks wholly before the cut
-    n_short = _segment_totals(short, layout)
-    cut_block = layout.starts + n_short        # absolute block holding the last kept tie
-    need = missing - (within[cut_block] - eq_count[cut_block])
-    rank = jnp.cumsum(blocked[cut_block] == t[:, None], axis=1, dtype=jnp.int32)  # (L, B)
-    pos = jnp.sum(rank < need[:, None], axis=1, dtype=jnp.int32)
-    return n_short * layout.block + pos
-
-
-def _mask_from_cut(scores: Array, t: Array, cut: Array) -> Array:
-    code = _codes(scores)
-    index = jax.lax.broadcasted_iota(jnp.int32, code.shape, 0)
-    keep = (code > t) | ((code == t) & (index <= cut))
-    return keep.reshape(scores.shape)
-
-
-# ---------------------------------------------------------------------------
-# Public API
-
-
-def kept_counts(leaves: Sequence[Array], keep_fraction: float) -> list[int]:
-    """Static kept count of every leaf (ops.kept_count, SPEC 1.2)."""
-    return [ops.kept_count(int(np.prod(x.shape)), keep_fraction) for x in leaves]
-
-
-def _leaf_masks(leaves: list, keep_fraction: float, method: str, block: int) -> list:
-    ks = kept_counts(leaves, keep_fraction)
-    if method == "per_layer":
-        return [ops.topk_mask(jnp.abs(jax.lax.stop_gradient(x)), k) for x, k in zip(leaves, ks)]
-    leaves_sg = [jax.lax.stop_gradient(x) for x in leaves]
-    layout = _Layout([x.size for x in leaves_sg], block)
-    blocked = _blocked([_codes(x) for x in leaves_sg], layout)
-    k_vec = jnp.asarray(np.array(ks, np.int32))
-    if method == "radix_many":
-        t, above = _radix_many_select(leaves_sg, ks), None
-    else:
-        t, above = _compare_select(blocked, layout, k_vec, _digit_bits(method),
-                                   split="_bcast" not in method)
-    cut = _tie_cuts(blocked, layout, t, above, k_vec)
-    return [_mask_from_cut(x, t[i], cut[i]) for i, x in enumerate(leaves_sg)]
-
-
-def layer_masks(scores: Any, keep_fraction: float, method: str = DEFAULT_METHOD,
+def layer_masks(scores: Any, keep_fraction: float, method: str = "compare",
                 block: int = BLOCK) -> Any:
     """Boolean top-k masks of every leaf of the pytree ``scores`` (same structure).
 
-    Each leaf keeps ``ops.kept_count(leaf.size, keep_fraction)`` entries with the largest
+    Each leaf keeps ``kept_count(leaf.size, keep_fraction)`` entries with the largest
     |scores|, ties to the lowest flat indices: leaf for leaf identical to
-    ``ops.topk_mask(jnp.abs(leaf), kept)``. ``keep_fraction`` is a Python float (static;
+    ``select.topk_mask(jnp.abs(leaf), kept)``. ``keep_fraction`` is a Python float (static;
     the layerwise keep fraction never changes during a run). No gradient flows to the
-    scores. ``method``: "compare" (default; atomics-free, "compare<D>" picks D-bit digits,
-    default 4 or $MPT_JAX_MASK_BITS), "radix_many" (scatter histograms), "per_layer".
+    scores. ``method``: "compare" ("compare<D>" picks D-bit digits, default 4),
+    "radix_many" (scatter histograms), "per_layer".
     """
     check_method(method)
-    keep_fraction = ops.validate_keep_fraction(keep_fraction)
+    keep_fraction = validate_keep_fraction(keep_fraction)
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be a positive int; got {block!r}")
     leaves, treedef = jax.tree.flatten(scores)
@@ -258,18 +254,20 @@ def layer_masks(scores: Any, keep_fraction: float, method: str = DEFAULT_METHOD,
         if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) or jnp.size(x) == 0:
             raise ValueError(f"layer_masks expects non-empty float score arrays; got "
                              f"{jnp.asarray(x).dtype}{tuple(jnp.shape(x))}")
-    masks = _leaf_masks([jnp.asarray(x) for x in leaves], keep_fraction, method, block)
-    return jax.tree.unflatten(treedef, masks)
+    leaves = [jnp.asarray(x) for x in leaves]
+    ks = [kept_count(int(np.prod(x.shape)), keep_fraction) for x in leaves]
+    return jax.tree.unflatten(treedef, select_many.topk_masks(leaves, ks, method, block))
 
 
 def score_paths(params: Any) -> list[tuple]:
-    """Key paths (tuples of dict keys) of the ``scores`` leaves of a Flax params tree."""
+    """Key paths (tuples of dict keys) of the ``scores`` leaves of a Flax params tree: the
+    prunable layers (the one place that finds them for the batched masks)."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return [tuple(getattr(k, "key", k) for k in path) for path, _ in flat
             if getattr(path[-1], "key", None) == "scores"]
 
 
-def params_masks(params: Any, keep_fraction: float, method: str = DEFAULT_METHOD,
+def params_masks(params: Any, keep_fraction: float, method: str = "compare",
                  block: int = BLOCK) -> dict:
     """The ``masks`` collection for ``model.apply``: for every ``params[...]["scores"]`` a
     bool ``masks[...]["mask"]`` (layer_masks of all of them together). {} if none."""
@@ -282,11 +280,82 @@ def params_masks(params: Any, keep_fraction: float, method: str = DEFAULT_METHOD
         for key in path:
             node = node[key]
         leaves.append(node)
-    masks = layer_masks(leaves, keep_fraction, method, block)
+    found = layer_masks(leaves, keep_fraction, method, block)
     out: dict = {}
-    for path, m in zip(paths, masks):
+    for path, m in zip(paths, found):
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node["mask"] = m
     return out
+
+
+# ---------------------------------------------------------------------------
+# Global pruning: one threshold over all layers
+
+
+def global_kept_count(total: int, keep_fraction: float) -> int:
+    """Entries kept network-wide: N - floor((1 - k) N), float64 on the host."""
+    return kept_count(total, keep_fraction)
+
+
+def _total_size(score_leaves: Sequence[Array]) -> int:
+    if not score_leaves:
+        raise ValueError("global_threshold needs at least one score array, got none")
+    return sum(math.prod(jnp.shape(s)) for s in score_leaves)
+
+
+def global_threshold(score_leaves: Sequence[Array], keep_fraction) -> Array:
+    """One threshold tau over the |scores| of all layers.
+
+    tau = z[p - 1] with z the ascending |scores| of every layer and p = floor((1 - k) N)
+    the number of pruned entries; layers then keep |s| > tau (strict). keep_fraction == 1
+    returns -inf (nothing pruned; the reference's p = 0 case pruned everything, a bug).
+    ``keep_fraction`` may be a Python float or a traced scalar (for the ramp schedule; a
+    float32 one can miss the float64 count by one entry, see ``kept_for``: for exact
+    counts compute them on the host and call ``global_threshold_for_count``, as training
+    does). No gradient flows through tau.
+    """
+    check_keep_fraction(keep_fraction)
+    total = _total_size(score_leaves)
+    return global_threshold_for_count(score_leaves, kept_for(total, keep_fraction))
+
+
+def global_threshold_for_count(score_leaves: Sequence[Array], kept) -> Array:
+    """tau of the global rule for a network-wide kept count ``kept`` = N - p (a Python int,
+    or an int32 scalar array so that a changing count does not recompile; clamped to
+    [1, N])."""
+    total = _total_size(score_leaves)
+    if isinstance(kept, (int, np.integer)) and not 1 <= kept <= total:
+        raise ValueError(f"kept must be in [1, {total}] (entries kept network-wide), got {kept}")
+    with jax.named_scope(SCOPE_MASK):
+        z = jnp.concatenate([jnp.abs(jax.lax.stop_gradient(s)).reshape(-1)
+                             for s in score_leaves])
+        if isinstance(kept, (int, np.integer)):
+            if kept == total:
+                return jnp.array(-jnp.inf, z.dtype)
+            # the p-th smallest = the (kept+1)-th largest
+            return select.kth_largest(z, int(kept) + 1)
+        kept = jnp.clip(jnp.asarray(kept, jnp.int32), 1, total)
+        tau = select.kth_largest(z, jnp.minimum(kept + 1, total))
+        return jnp.where(kept == total, -jnp.inf, tau).astype(z.dtype)
+
+
+def global_keep_schedule(epoch: int, final_keep_fraction: float, ramp_epochs: int = 10,
+                         current: float | None = None) -> float:
+    """Keep fraction k_t at the start of ``epoch`` under the global-pruning ramp.
+
+    If the final keep fraction p <= 0.5, k_t decays cubically from 0.5 at epoch 0 to p at
+    ``ramp_epochs``: k_t = p + (0.5 - p) (1 - e / E_p)^3. If p > 0.5 no ramp applies.
+    (The reference keys the condition on the mutated current value; for p <= 0.5 the
+    current value is always <= 0.5 so both readings agree.)
+    """
+    p = validate_keep_fraction(final_keep_fraction)
+    if ramp_epochs <= 0 or p > 0.5:
+        return p
+    if epoch >= ramp_epochs:
+        return p
+    if current is not None and current > 0.5:
+        return current
+    decay = (1.0 - epoch / ramp_epochs) ** 3
+    return p + (0.5 - p) * decay

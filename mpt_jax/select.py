@@ -1,38 +1,29 @@
-"""Exact k-th largest value of a flat array: the threshold of the top-k score mask.
+"""Exact top-k search over |scores|: the k-th largest value and the kept set it defines.
 
-``kth_largest(values, k)`` returns the value of the k-th largest entry (1-based) of a
-flat array of non-negative floats (|scores|); ``k`` may be a Python int or a traced int32
-scalar (a changing keep fraction then never recompiles, issue 6).
-``kth_largest_many(arrays, ks)`` does the same for several arrays (all layers of a
-network) in one batched computation. ``kept_mask(values, k)`` is the whole top-k mask
-(ops.topk_mask's kept set) with the tie cut-off found by a second radix select instead of
-a cumsum.
+* ``kth_largest(values, k, method)``: the value of the k-th largest entry (1-based) of a
+  flat array of non-negative floats. ``k`` may be a Python int or a traced int32 scalar,
+  so a changing keep fraction never recompiles.
+* ``topk_mask(magnitudes, kept, method)``: the kept set of one layer, every entry above
+  that value, then the entries equal to it in increasing flat index order until ``kept``
+  are kept. This is exactly the first ``kept`` entries of a stable descending sort (the
+  ``lax.top_k`` convention), and the one per-layer definition of the kept set in the package.
+* ``kth_largest_many(arrays, ks, method)``: the thresholds of many arrays (all layers of a
+  network) in one batched computation (``mpt_jax.select_many`` builds masks from them).
 
-Implementations (all exact; they return the same float, so ``ops.topk_mask`` keeps exactly
-the kept set of a stable descending sort, ties included — SPEC 1.2):
+Methods (all exact: they return the same float, so the kept set never depends on them):
 
-* ``"sort"``   one ascending ``jnp.sort`` per array, then an index (the reference).
-* ``"radix"``  exact radix select over the uint32 bit patterns. For non-negative IEEE
+* ``"sort"``   one ascending ``jnp.sort`` per array, then an index.
+* ``"radix"``  an exact radix select over the float32 bit patterns. For non-negative IEEE
   float32 the bit pattern is a monotone integer code of the value, so the k-th largest
   value is the k-th largest code. Three passes of 11/10/10 bits (bits 30..0; the sign bit
   is 0): each pass takes a histogram of the current digit over the entries whose higher
   bits equal the prefix found so far (one scatter-add), counts from the top, picks the
   digit holding the k-th largest entry and lowers k by the entries above that digit.
-  Cost: 3 reads of the array and 3 small (<= 2048-bin) histograms, no sort.
-  ``kth_largest_many`` runs one scatter per pass for *all* arrays together (segment
-  offset + digit), i.e. ~3 fused kernels per network instead of one sort per layer.
-* ``"radix_compare"`` the same select with 4-bit digits (8 passes) whose 16-bin counts are
-  computed by comparisons and a reduction instead of a scatter (no atomics; for backends
-  where scatter is slow, e.g. TPU).
-* ``"auto"``  (default) per lowering platform: ``radix`` on CPU and GPU, ``sort`` on TPU
-  (CPU: the radix select measured 50-200x faster than XLA:CPU's sort, see
-  benchmarks/RESULTS.md; GPU: to be confirmed by benchmarks/run_gpu.sh; TPU: scatters
-  serialise there, untested).
-
-Choose with ``set_implementation(name)`` or the environment variable
-``MPT_JAX_SELECT=sort|radix|radix_compare|auto``. The choice is read when a function is
-*traced*: set it before the first call of a jitted step (an already compiled step keeps
-the implementation it was traced with).
+  Cost: 3 reads of the array and 3 small (<= 2048-bin) histograms, no sort. For many
+  arrays, one scatter per pass serves all of them (segment offset + digit).
+* ``"auto"``   (default) per lowering platform: radix on CPU and GPU, sort on TPU. On CPU
+  the radix select measured 50-200x faster than XLA:CPU's sort (benchmarks/RESULTS.md);
+  on TPU scatters serialise, so the sort stays there until measured.
 
 Inputs must be finite and >= 0 (the mask is taken on |scores|); -0.0 counts as 0.0. NaN
 and inf are not supported (scores are finite). float16/bfloat16 inputs are handled
@@ -42,8 +33,7 @@ in its sort and compares; the kept set (decided by compares) is the same either 
 """
 from __future__ import annotations
 
-import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,54 +41,30 @@ import numpy as np
 
 Array = jax.Array
 
-IMPLEMENTATIONS = ("auto", "sort", "radix", "radix_compare")
-_ENV_VAR = "MPT_JAX_SELECT"
+METHODS = ("auto", "sort", "radix")
 
 # Digit widths (most significant first) covering bits 30..0 of a non-negative float32.
-_SCATTER_DIGITS = (11, 10, 10)
-_COMPARE_DIGITS = (3, 4, 4, 4, 4, 4, 4, 4)
-
-_implementation: str | None = None  # set_implementation() overrides the environment
-
-# Histogram privatisation for the scatter passes: entry i adds into copy i % copies, so
-# neighbouring GPU threads never hit the same counter (|scores| of one layer share a few
-# exponents, so a single 2048-bin histogram would serialise on a handful of atomics).
-# Only a speed knob (results are identical); $MPT_JAX_SELECT_COPIES overrides it.
-_COPIES_ENV_VAR = "MPT_JAX_SELECT_COPIES"
-# The scatter passes' digit widths, another speed knob: e.g. "16,15" (two passes; the first
-# one's 65,536 bins per layer spread the hot exponent bins ~32x more thinly) instead of the
-# default 11,10,10. Results are identical for every plan.
-_DIGITS_ENV_VAR = "MPT_JAX_SELECT_DIGITS"
+SCATTER_DIGITS = (11, 10, 10)
+# Histogram privatisation of the scatter passes on GPU: entry i adds into copy i % copies,
+# so neighbouring GPU threads never hit the same counter (the |scores| of one layer share
+# a few exponents, so a single 2048-bin histogram would serialise on a handful of atomics).
+# Results are identical for any number of copies.
+GPU_HISTOGRAM_COPIES = 32
 
 
-def _check_name(name: str, source: str) -> str:
-    if name not in IMPLEMENTATIONS:
-        raise ValueError(f"{source} must be one of {', '.join(IMPLEMENTATIONS)}; got {name!r}")
-    return name
-
-
-def set_implementation(name: str | None) -> None:
-    """Selects the k-th-largest implementation for functions traced from now on.
-
-    ``None`` returns to the environment variable MPT_JAX_SELECT (default "auto").
-    """
-    global _implementation
-    _implementation = None if name is None else _check_name(name, "set_implementation(name)")
-
-
-def get_implementation() -> str:
-    """The implementation name in force: set_implementation() > $MPT_JAX_SELECT > "auto"."""
-    if _implementation is not None:
-        return _implementation
-    return _check_name(os.environ.get(_ENV_VAR, "auto").strip().lower() or "auto",
-                       f"environment variable {_ENV_VAR}")
+def check_method(method: str) -> str:
+    """``method`` if it is one of METHODS, else a ValueError naming them."""
+    if method not in METHODS:
+        raise ValueError(f"select method must be one of {', '.join(METHODS)}; got {method!r}")
+    return method
 
 
 # ---------------------------------------------------------------------------
 # Argument handling
 
 
-def _check_values(values: Array) -> Array:
+def check_values(values: Array) -> Array:
+    """``values`` as a flat, non-empty float array, else a ValueError saying what is wrong."""
     values = jnp.asarray(values)
     if values.ndim != 1:
         raise ValueError(f"kth_largest expects a flat (1-D) array; got shape {values.shape} "
@@ -110,9 +76,9 @@ def _check_values(values: Array) -> Array:
     return values
 
 
-def _check_k(k, n: int):
+def check_k(k, n: int):
     """Python ints are validated; traced k is clamped to [1, n] on device (like the sort's
-    index clamping, so every implementation returns the same value for any k)."""
+    index clamping, so every method returns the same value for any k)."""
     if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
         if not 1 <= int(k) <= n:
             raise ValueError(f"k must satisfy 1 <= k <= n = {n}; got k={int(k)}")
@@ -125,10 +91,10 @@ def _check_k(k, n: int):
 
 
 def kth_largest_sort(values: Array, k) -> Array:
-    """Reference implementation: one ascending sort, then an index."""
-    values = _check_values(values)
+    """Reference method: one ascending sort, then an index."""
+    values = check_values(values)
     n = values.shape[0]
-    k = _check_k(k, n)
+    k = check_k(k, n)
     ordered = jnp.sort(values)
     return jax.lax.dynamic_index_in_dim(ordered, n - jnp.asarray(k, jnp.int32), keepdims=False)
 
@@ -137,7 +103,7 @@ def kth_largest_sort(values: Array, k) -> Array:
 # Radix select
 
 
-def _codes(values: Array) -> Array:
+def float_codes(values: Array) -> Array:
     """Monotone uint32 codes of non-negative floats (float32 bit patterns, sign cleared).
 
     Clearing the sign bit maps -0.0 to +0.0; for x >= 0 the float order equals the
@@ -148,11 +114,12 @@ def _codes(values: Array) -> Array:
     return bits & jnp.uint32(0x7FFFFFFF)
 
 
-def _from_codes(codes: Array, dtype) -> Array:
+def from_codes(codes: Array, dtype) -> Array:
+    """The floats of ``float_codes`` (non-negative), as ``dtype``."""
     return jax.lax.bitcast_convert_type(codes.astype(jnp.uint32), jnp.float32).astype(dtype)
 
 
-def _pick_digit(at_or_above: Array, k: Array):
+def pick_digit(at_or_above: Array, k: Array):
     """Given counts ge[..., d] = #entries with digit >= d (non-increasing in d, ge[0] >= k),
     returns the digit holding the k-th largest entry and the number of entries in higher
     digits (by which k is lowered for the next pass)."""
@@ -163,14 +130,16 @@ def _pick_digit(at_or_above: Array, k: Array):
     return digit, higher
 
 
-def _digit_plan(widths: Sequence[int]):
-    """(shift, width) of each digit, most significant first, covering bits 30..0."""
+def digit_plan(widths: Sequence[int]) -> list[tuple[int, int]]:
+    """(shift, width) of each digit, most significant first; the widths must cover bits
+    30..0 (sum to 31)."""
+    if sum(widths) != 31 or not all(1 <= w <= 16 for w in widths):
+        raise ValueError(f"digit widths must be 1..16 bits each and sum to 31; got {widths}")
     shift = 31
     plan = []
     for w in widths:
         shift -= w
         plan.append((shift, w))
-    assert shift == 0, widths
     return plan
 
 
@@ -179,38 +148,17 @@ def _suffix_counts(hist: Array) -> Array:
     return jnp.flip(jnp.cumsum(jnp.flip(hist, -1), axis=-1, dtype=jnp.int32), -1)
 
 
-def _scatter_digits() -> tuple[int, ...]:
-    """$MPT_JAX_SELECT_DIGITS (comma-separated widths, 1..16 bits each, summing to 31) or the
-    default (11, 10, 10)."""
-    text = os.environ.get(_DIGITS_ENV_VAR, "").strip()
-    if not text:
-        return _SCATTER_DIGITS
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        widths = ()
-    if not widths or sum(widths) != 31 or not all(1 <= w <= 16 for w in widths):
-        raise ValueError(f"{_DIGITS_ENV_VAR} must be comma-separated digit widths of 1..16 bits "
-                         f"summing to 31 (e.g. 16,15 or 11,10,10); got {text!r}")
-    return widths
+def _copies(copies: int | None) -> int:
+    if copies is None:  # read when traced: the backend the step is compiled for
+        return GPU_HISTOGRAM_COPIES if jax.default_backend() == "gpu" else 1
+    if not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"copies must be a positive int; got {copies!r}")
+    return copies
 
 
-def _histogram_copies() -> int:
-    text = os.environ.get(_COPIES_ENV_VAR, "").strip()
-    if text:
-        try:
-            copies = int(text)
-        except ValueError:
-            copies = 0
-        if copies < 1:
-            raise ValueError(f"{_COPIES_ENV_VAR} must be a positive integer; got {text!r}")
-        return copies
-    return 32 if jax.default_backend() == "gpu" else 1
-
-
-def _histogram(index: Array, num_bins: int) -> Array:
+def _histogram(index: Array, num_bins: int, copies: int | None) -> Array:
     """Counts of ``index`` values in [0, num_bins); other values (== num_bins) are dropped."""
-    copies = min(_histogram_copies(), index.shape[0])
+    copies = min(_copies(copies), index.shape[0])
     if copies > 1:
         lane = jax.lax.broadcasted_iota(jnp.int32, index.shape, 0) % copies
         index = jnp.where(index < num_bins, index + lane * num_bins, copies * num_bins)
@@ -218,147 +166,107 @@ def _histogram(index: Array, num_bins: int) -> Array:
     return hist.reshape(copies, num_bins).sum(0, dtype=jnp.int32) if copies > 1 else hist
 
 
-def _radix_scatter(codes: Array, k: Array, valid: Array | None = None) -> Array:
-    """k-th largest of ``codes`` (31-bit) among the entries where ``valid`` (default all)."""
+def scatter_counts(copies: int | None = None) -> Callable:
+    """The counting step of the radix select as one scatter-add histogram per pass:
+    ``count(digit, match, bins) -> ge[bins]`` (entries where ``match`` only)."""
+    def count(digit: Array, match: Array | None, bins: int) -> Array:
+        # Entries that do not match get an out-of-range bin, which the scatter drops.
+        index = digit if match is None else jnp.where(match, digit, bins)
+        return _suffix_counts(_histogram(index, bins, copies))
+
+    return count
+
+
+def radix_select(codes: Array, k: Array, digits: Sequence[int] = SCATTER_DIGITS,
+                 count: Callable | None = None, valid: Array | None = None) -> Array:
+    """The k-th largest of the 31-bit ``codes`` among the entries where ``valid`` (default
+    all), one digit per pass, most significant first. ``count(digit, match, bins)`` counts,
+    for every digit value d, the matching entries whose digit is >= d (default: a scatter
+    histogram, ``scatter_counts()``)."""
+    count = scatter_counts() if count is None else count
     prefix = jnp.zeros((), jnp.uint32)
-    for i, (shift, width) in enumerate(_digit_plan(_scatter_digits())):
+    for i, (shift, width) in enumerate(digit_plan(digits)):
         bins = 1 << width
         digit = ((codes >> shift) & jnp.uint32(bins - 1)).astype(jnp.int32)
         match = valid
         if i > 0:
             same = (codes >> (shift + width)) == prefix
             match = same if match is None else match & same
-        # Entries that do not match get an out-of-range bin, which the scatter drops.
-        index = digit if match is None else jnp.where(match, digit, bins)
-        chosen, higher = _pick_digit(_suffix_counts(_histogram(index, bins)), k)
+        chosen, higher = pick_digit(count(digit, match, bins), k)
         k = k - higher
         prefix = (prefix << width) | chosen.astype(jnp.uint32)
     return prefix
 
 
-def _radix_compare(codes: Array, k: Array, valid: Array | None = None) -> Array:
-    prefix = jnp.zeros((), jnp.uint32)
-    for i, (shift, width) in enumerate(_digit_plan(_COMPARE_DIGITS)):
-        bins = 1 << width
-        digit = ((codes >> shift) & jnp.uint32(bins - 1)).astype(jnp.int32)
-        edges = jnp.arange(bins, dtype=jnp.int32)
-        ge = digit[None, :] >= edges[:, None]  # (bins, n), fused into the reduction
-        if valid is not None:
-            ge = ge & valid[None, :]
-        if i > 0:
-            ge = ge & ((codes >> (shift + width)) == prefix)[None, :]
-        at_or_above = jnp.sum(ge, axis=1, dtype=jnp.int32)
-        chosen, higher = _pick_digit(at_or_above, k)
-        k = k - higher
-        prefix = (prefix << width) | chosen.astype(jnp.uint32)
-    return prefix
-
-
-def _radix(values: Array, k, method: str) -> Array:
-    values = _check_values(values)
+def kth_largest_radix(values: Array, k, *, digits: Sequence[int] = SCATTER_DIGITS,
+                      copies: int | None = None) -> Array:
+    """Exact radix select (one scatter-add histogram pass per digit). ``digits`` and
+    ``copies`` (histogram privatisation, default 32 on GPU, 1 elsewhere) only change the
+    speed, never the result."""
+    values = check_values(values)
     n = values.shape[0]
-    k = jnp.asarray(_check_k(k, n), jnp.int32)
+    k = jnp.asarray(check_k(k, n), jnp.int32)
     if values.dtype == jnp.float64:  # 64-bit codes would need 64-bit scatter indices
         return kth_largest_sort(values, k)
-    codes = _codes(values)
-    fn = _radix_scatter if method == "radix" else _radix_compare
-    return _from_codes(fn(codes, k), values.dtype)
-
-
-def kth_largest_radix(values: Array, k) -> Array:
-    """Exact radix select (3 scatter-add histogram passes)."""
-    return _radix(values, k, "radix")
-
-
-def kth_largest_radix_compare(values: Array, k) -> Array:
-    """Exact radix select (8 passes of 16-bin compare-and-count, no scatter)."""
-    return _radix(values, k, "radix_compare")
-
-
-def _mask_with_cumsum(values: Array, k: Array, kth) -> Array:
-    """ops.topk_mask's rule: entries above the threshold, then the first ``missing`` ties
-    (rank among the ties by a cumsum)."""
-    threshold = kth(values, k)
-    above = values > threshold
-    ties = values == threshold
-    missing = k - jnp.sum(above, dtype=jnp.int32)
-    return above | (ties & (jnp.cumsum(ties, dtype=jnp.int32) <= missing))
-
-
-def _mask_with_cutoff(values: Array, k: Array, kth, select_codes) -> Array:
-    """Same set; the last kept tie is found by a second radix select (no cumsum)."""
-    n = values.shape[0]
-    threshold = kth(values, k)
-    above = values > threshold
-    ties = values == threshold
-    missing = k - jnp.sum(above, dtype=jnp.int32)  # >= 1: threshold is the k-th largest
-    index = jax.lax.broadcasted_iota(jnp.int32, (n,), 0)
-    codes = (n - index).astype(jnp.uint32)  # larger code = earlier index
-    last = n - select_codes(codes, missing, ties).astype(jnp.int32)
-    return above | (ties & (index <= last))
-
-
-def kept_mask(values: Array, k) -> Array:
-    """Boolean mask of the k largest entries of flat ``values``: every entry above the
-    k-th largest value, then the entries equal to it in increasing index order until k are
-    kept — exactly ``ops.topk_mask``'s set (a stable descending sort's top k).
-
-    With the radix implementations the tie cut-off (the index of the ``missing``-th entry
-    equal to the threshold) is found by a second radix select over the codes n - index of
-    the tied entries only (every other entry is dropped from the histograms), instead of a
-    cumsum over the whole layer: ~3.5x less mask time on CPU (benchmarks/RESULTS.md).
-    With "sort" (and "auto" on TPU) it is ops' cumsum rule after the sort.
-    ``ops.topk_mask(m, k)`` can be ``kept_mask(m.reshape(-1), k).reshape(m.shape)``.
-    """
-    values = _check_values(values)
-    k = jnp.asarray(_check_k(k, values.shape[0]), jnp.int32)
-    name = get_implementation()
-    sort_rule = lambda v, kk: _mask_with_cumsum(v, kk, kth_largest_sort)  # noqa: E731
-    radix_rule = lambda v, kk: _mask_with_cutoff(  # noqa: E731
-        v, kk, kth_largest_radix, _radix_scatter)
-    if name == "sort":
-        return sort_rule(values, k)
-    if name == "radix":
-        return radix_rule(values, k)
-    if name == "radix_compare":
-        return _mask_with_cutoff(values, k, kth_largest_radix_compare, _radix_compare)
-    return jax.lax.platform_dependent(values, k, tpu=sort_rule, default=radix_rule)
+    codes = radix_select(float_codes(values), k, digits, scatter_counts(copies))
+    return from_codes(codes, values.dtype)
 
 
 # ---------------------------------------------------------------------------
-# Dispatch
+# Dispatch and the kept set
 
 
-def kth_largest(values: Array, k) -> Array:
+def kth_largest(values: Array, k, method: str = "auto") -> Array:
     """Value of the k-th largest entry of ``values`` (flat, finite, >= 0), 1 <= k <= n.
 
-    Exact for every implementation (see the module docstring); ``k`` may be traced.
+    Exact for every method (see the module docstring); ``k`` may be traced.
     """
-    name = get_implementation()
-    if name == "sort":
+    if check_method(method) == "sort":
         return kth_largest_sort(values, k)
-    if name == "radix":
+    if method == "radix":
         return kth_largest_radix(values, k)
-    if name == "radix_compare":
-        return kth_largest_radix_compare(values, k)
-    values = _check_values(values)
-    k = jnp.asarray(_check_k(k, values.shape[0]), jnp.int32)
-    # "auto": resolved per lowering platform. XLA:CPU's sort is 50-200x slower than the
-    # radix select on layers of 0.6-2.4 M entries (benchmarks/RESULTS.md); on TPU scatters
-    # serialise, so the sort stays there until measured.
+    values = check_values(values)
+    k = jnp.asarray(check_k(k, values.shape[0]), jnp.int32)
     return jax.lax.platform_dependent(values, k, tpu=kth_largest_sort,
                                       default=kth_largest_radix)
 
 
+def mask_at_threshold(values: Array, threshold: Array, kept) -> Array:
+    """The kept set given its threshold (the kept-th largest of flat ``values``): entries
+    above it, then the first ``missing`` entries equal to it (rank among them by a cumsum)."""
+    above = values > threshold
+    ties = values == threshold
+    missing = jnp.asarray(kept, jnp.int32) - jnp.sum(above, dtype=jnp.int32)
+    tie_rank = jnp.cumsum(ties, dtype=jnp.int32)  # 1-based rank among the tied entries
+    return above | (ties & (tie_rank <= missing))
+
+
+def topk_mask(magnitudes: Array, kept: Array | int, method: str = "auto") -> Array:
+    """Boolean mask (same shape as ``magnitudes``) of its ``kept`` largest entries.
+
+    Exactly ``kept`` entries are True, ties at the threshold resolved to the lowest flat
+    indices. ``kept`` may be a Python int or a traced int32 scalar (so a changing keep
+    fraction does not recompile), with 1 <= kept <= magnitudes.size.
+    """
+    shape = magnitudes.shape
+    if isinstance(kept, (int, np.integer)) and not 1 <= kept <= magnitudes.size:
+        raise ValueError(f"kept must be in [1, {magnitudes.size}] (the number of entries to keep), "
+                         f"got {kept}")
+    flat = magnitudes.reshape(-1)
+    threshold = kth_largest(flat, kept, method)
+    return mask_at_threshold(flat, threshold, kept).reshape(shape)
+
+
 # ---------------------------------------------------------------------------
-# All layers at once
+# Many arrays at once
 
 
-def _radix_scatter_many(codes: Sequence[Array], ks: Array) -> Array:
+def _radix_many(codes: Sequence[Array], ks: Array, digits: Sequence[int],
+                copies: int | None) -> Array:
     """Segmented radix select: one scatter per pass for all arrays (L segments of B bins)."""
     num = len(codes)
     prefix = jnp.zeros((num,), jnp.uint32)
-    for i, (shift, width) in enumerate(_digit_plan(_scatter_digits())):
+    for i, (shift, width) in enumerate(digit_plan(digits)):
         bins = 1 << width
         parts = []
         for j, c in enumerate(codes):
@@ -367,37 +275,36 @@ def _radix_scatter_many(codes: Sequence[Array], ks: Array) -> Array:
                 digit = jnp.where((c >> (shift + width)) == prefix[j], digit, num * bins)
             parts.append(digit)
         index = jnp.concatenate(parts) if num > 1 else parts[0]
-        hist = _histogram(index, num * bins).reshape(num, bins)
-        chosen, higher = _pick_digit(_suffix_counts(hist), ks)
+        hist = _histogram(index, num * bins, copies).reshape(num, bins)
+        chosen, higher = pick_digit(_suffix_counts(hist), ks)
         ks = ks - higher
         prefix = (prefix << width) | chosen.astype(jnp.uint32)
     return prefix
 
 
-def _many_batched(arrays: list, ks: list) -> list:
+def _many_radix(arrays: list, ks: list, digits, copies) -> list:
     if any(a.dtype == jnp.float64 for a in arrays):
         return [kth_largest_sort(a, k) for a, k in zip(arrays, ks)]
     k_vec = jnp.stack([jnp.asarray(k, jnp.int32) for k in ks])
-    codes = _radix_scatter_many([_codes(a) for a in arrays], k_vec)
-    return [_from_codes(codes[j], a.dtype) for j, a in enumerate(arrays)]
+    codes = _radix_many([float_codes(a) for a in arrays], k_vec, digits, copies)
+    return [from_codes(codes[j], a.dtype) for j, a in enumerate(arrays)]
 
 
-def _many_each(fn):
-    return lambda arrays, ks: [fn(a, k) for a, k in zip(arrays, ks)]
+def _many_sort(arrays: list, ks: list) -> list:
+    return [kth_largest_sort(a, k) for a, k in zip(arrays, ks)]
 
 
-def kth_largest_many(arrays: Sequence[Array], ks, batched: bool | None = None) -> list[Array]:
-    """``[kth_largest(a.reshape(-1), k) for a, k in zip(arrays, ks)]``, possibly batched.
+def kth_largest_many(arrays: Sequence[Array], ks, method: str = "auto", *,
+                     digits: Sequence[int] = SCATTER_DIGITS,
+                     copies: int | None = None) -> list[Array]:
+    """``[kth_largest(a.reshape(-1), k) for a, k in zip(arrays, ks)]`` in one computation.
 
     ``ks`` holds one k per array (Python ints or traced int32 scalars, or one int32
-    vector). With the radix implementations and ``batched=True`` all arrays share one
-    scatter-add per pass (segment offset + digit): ~3 fused passes over all scores however
-    many layers there are, instead of one sort (or select) per layer. ``batched=None``
-    (default) batches on GPU only (on CPU the per-array select measured faster: the
-    concatenation costs more than it saves). The sort implementation (and "auto" on TPU)
-    sorts each array separately.
+    vector). With the radix method all arrays share one scatter-add per pass (segment
+    offset + digit): ~3 fused passes over all scores however many layers there are,
+    instead of one select per layer. The sort (and "auto" on TPU) sorts each array.
     """
-    arrays = [_check_values(jnp.asarray(a).reshape(-1)) for a in arrays]
+    arrays = [check_values(jnp.asarray(a).reshape(-1)) for a in arrays]
     if isinstance(ks, (jax.Array, np.ndarray)):
         if np.ndim(ks) != 1:
             raise ValueError(f"ks must be a sequence or a 1-D vector; got shape {np.shape(ks)}")
@@ -408,20 +315,13 @@ def kth_largest_many(arrays: Sequence[Array], ks, batched: bool | None = None) -
                          f"{len(arrays)} arrays")
     if not arrays:
         return []
-    ks = [jnp.asarray(_check_k(k, a.shape[0]), jnp.int32) for a, k in zip(arrays, ks)]
-    name = get_implementation()
-    if name == "sort":
-        return _many_each(kth_largest_sort)(arrays, ks)
-    if name == "radix_compare":
-        return _many_each(kth_largest_radix_compare)(arrays, ks)
-    radix = {True: _many_batched, False: _many_each(kth_largest_radix)}
-    if batched is not None:
-        radix_fn = radix[bool(batched)]
-        if name == "radix":
-            return radix_fn(arrays, ks)
-        return jax.lax.platform_dependent(arrays, ks, tpu=_many_each(kth_largest_sort),
-                                          default=radix_fn)
-    if name == "radix":
-        return jax.lax.platform_dependent(arrays, ks, cpu=radix[False], default=radix[True])
-    return jax.lax.platform_dependent(arrays, ks, cpu=radix[False],
-                                      tpu=_many_each(kth_largest_sort), default=radix[True])
+    ks = [jnp.asarray(check_k(k, a.shape[0]), jnp.int32) for a, k in zip(arrays, ks)]
+    if check_method(method) == "sort":
+        return _many_sort(arrays, ks)
+
+    def radix(arrs, kk):
+        return _many_radix(arrs, kk, digits, copies)
+
+    if method == "radix":
+        return radix(arrays, ks)
+    return jax.lax.platform_dependent(arrays, ks, tpu=_many_sort, default=radix)

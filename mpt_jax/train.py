@@ -114,10 +114,7 @@ def _is_typed_key(rng) -> bool:
 def resolved_mask_impl(config) -> str:
     """``mask_impl`` with "auto" resolved: batched on GPU (measured fastest there),
     per_layer on CPU / TPU."""
-    impl = config.get("mask_impl", "auto")
-    if impl == "auto":
-        return "batched" if jax.default_backend() == "gpu" else "per_layer"
-    return impl
+    return masks_lib.resolve_mask_impl(config.get("mask_impl", "auto"))
 
 
 def mask_rule(config) -> MaskFn | None:
@@ -128,12 +125,13 @@ def mask_rule(config) -> MaskFn | None:
     Same kept sets either way, so the same training (``mask_impl`` is not part of the
     checkpoint fingerprint). This is the steps' one call into the mask library.
     """
-    if resolved_mask_impl(config) != "batched":
+    rule = masks_lib.rule_from_config(config.mode, config.get("pruning", "layerwise"),
+                                      config.get("mask_impl", "auto"),
+                                      config.get("mask_method", masks_lib.DEFAULT_METHOD))
+    if not isinstance(rule, masks_lib.BatchedTopK):
         return None
-    if config.mode not in ("biprop", "edgepopup") or config.get("pruning") != "layerwise":
-        return None
-    return functools.partial(masks_lib.params_masks, keep_fraction=float(config.keep_fraction),
-                             method=config.get("mask_method", "radix_many"))
+    keep_fraction = float(config.keep_fraction)
+    return lambda params: rule.precompute(params, keep_fraction).get(masks_lib.MASKS, {})
 
 
 def make_steps(config, model: nn.Module, tx: optax.GradientTransformation):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mpt_jax import layers
+from mpt_jax import layers, masks
 
 
 # ---------------------------------------------------------------------------
@@ -133,13 +133,13 @@ def test_init_bad_options_raise():
         layers.weight_std((3, 3, 3, 8), 0.5, "fan_avg")
     with pytest.raises(ValueError, match="init"):
         layers.random_weight_init("xavier")
-    x = jnp.ones((1, 4, 4, 3))
+    # Layer options are checked when they are built (before any init).
     with pytest.raises(ValueError, match="mode"):
-        _init(layers.BipropConv(features=2, mode="ternary"), x)
+        layers.KernelOptions(mode="ternary")
     with pytest.raises(ValueError, match="keep_fraction"):
-        _init(layers.BipropConv(features=2, keep_fraction=0.0), x)
+        layers.KernelOptions(keep_fraction=0.0)
     with pytest.raises(ValueError, match="pruning"):
-        _init(layers.BipropConv(features=2, pruning="random"), x)
+        layers.KernelOptions(rule=masks.rule_for_pruning("random"))
 
 
 # ---------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_conv_symmetric_padding_matches_pytorch(kernel_size, stride, hw, padding
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, hw, hw, 3)).astype(np.float32)
     conv = layers.BipropConv(features=4, kernel_size=kernel_size, strides=stride, padding=padding,
-                             mode="dense")
+                             options=layers.KernelOptions(mode="dense"))
     variables = _init(conv, x)
     kernel = np.asarray(variables["params"]["kernel"])
     assert kernel.shape == (kernel_size, kernel_size, 3, 4)
@@ -168,7 +168,8 @@ def test_conv_symmetric_padding_matches_pytorch(kernel_size, stride, hw, padding
 def test_conv_subnetwork_modes_use_masked_kernel(mode):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 6, 6, 3)).astype(np.float32)
-    conv = layers.BipropConv(features=5, kernel_size=3, strides=2, mode=mode, keep_fraction=0.3)
+    conv = layers.BipropConv(features=5, kernel_size=3, strides=2,
+                             options=layers.KernelOptions(mode=mode, keep_fraction=0.3))
     variables = _init(conv, x)
     assert set(variables) == {"params", "frozen"}
     assert set(variables["params"]) == {"scores"} and set(variables["frozen"]) == {"weight"}
@@ -198,12 +199,12 @@ def test_conv_subnetwork_modes_use_masked_kernel(mode):
 
 def test_conv_weight_init_follows_options():
     x = jnp.ones((1, 4, 4, 16))
-    conv = layers.BipropConv(features=256, kernel_size=3, keep_fraction=0.2,
-                             weight_init="kaiming_normal", scale_fan="reference")
+    conv = layers.BipropConv(features=256, kernel_size=3, options=layers.KernelOptions(
+        keep_fraction=0.2, weight_init="kaiming_normal", scale_fan="reference"))
     w = np.asarray(_init(conv, x)["frozen"]["weight"], np.float64)
     assert w.std() == pytest.approx(math.sqrt(2.0 / (144 * 0.8)), rel=0.02)
-    conv = layers.BipropConv(features=8, kernel_size=3, keep_fraction=0.2,
-                             weight_init="signed_constant")
+    conv = layers.BipropConv(features=8, kernel_size=3, options=layers.KernelOptions(
+        keep_fraction=0.2, weight_init="signed_constant"))
     w = np.asarray(_init(conv, x)["frozen"]["weight"])
     np.testing.assert_allclose(np.abs(w), math.sqrt(2.0 / 144), rtol=1e-6)
 
@@ -212,7 +213,8 @@ def test_conv_weight_init_follows_options():
 def test_dense_layer(mode):
     rng = np.random.default_rng(9)
     x = rng.standard_normal((4, 12)).astype(np.float32)
-    dense = layers.BipropDense(features=7, mode=mode, keep_fraction=0.4)
+    dense = layers.BipropDense(features=7,
+                               options=layers.KernelOptions(mode=mode, keep_fraction=0.4))
     variables = _init(dense, x)
     if mode in ("dense", "binary_trained"):
         assert set(variables) == {"params"} and set(variables["params"]) == {"kernel"}
@@ -234,7 +236,8 @@ def test_dense_layer(mode):
 def test_global_pruning_layer_reads_threshold_from_pruning_collection():
     rng = np.random.default_rng(10)
     x = rng.standard_normal((3, 20)).astype(np.float32)
-    dense = layers.BipropDense(features=6, pruning="global")
+    dense = layers.BipropDense(features=6,
+                               options=layers.KernelOptions(rule=masks.GlobalThreshold()))
     variables = _init(dense, x)
     assert set(variables) == {"params", "frozen", "pruning"}
     assert float(variables["pruning"]["threshold"]) == -np.inf  # keeps everything until set

@@ -1,4 +1,4 @@
-"""Batched masks of all layers at once (mpt_jax.masks, issue 6) and the mask_impl="batched"
+"""Mask rules and the batched masks of all layers at once (mpt_jax.masks, issue 6) and the mask_impl="batched"
 training step: exactly the per-layer kept sets, and bit-identical training."""
 
 import chex
@@ -10,7 +10,8 @@ import pytest
 from configs import common
 from mpt_jax import config_utils, masks, ops, optim, train
 
-METHODS = ("compare", "compare1", "compare_bcast", "compare_bcast8", "radix_many", "per_layer")
+# The benchmark-only methods (compare_bcast, ...) are tested in test_select_variants.py.
+METHODS = ("compare", "compare1", "compare6", "radix_many", "per_layer")
 
 
 def numpy_topk(x: np.ndarray, keep_fraction: float) -> np.ndarray:
@@ -83,17 +84,17 @@ def test_bad_arguments():
         config_utils.validate(config, device_count=1)
 
 
-def test_kernel_from_mask_matches_numpy_forward_and_ste():
+def test_ste_kernel_with_precomputed_mask_matches_numpy_forward_and_ste():
     rng = np.random.default_rng(0)
     w, s, g = (rng.standard_normal((3, 3, 2, 4)) for _ in range(3))
     mask = numpy_topk(s, 0.3)
     kept = int(mask.sum())
     for binarize in (True, False):
         def f(w_, s_):
-            return jnp.sum(ops.kernel_from_mask(w_, s_, jnp.asarray(mask), kept, binarize)
+            return jnp.sum(ops.ste_kernel(w_, s_, jnp.asarray(mask), kept, binarize)
                            * jnp.asarray(g, jnp.float32))
-        out = ops.kernel_from_mask(jnp.asarray(w, jnp.float32), jnp.asarray(s, jnp.float32),
-                                   jnp.asarray(mask), kept, binarize)
+        out = ops.ste_kernel(jnp.asarray(w, jnp.float32), jnp.asarray(s, jnp.float32),
+                             jnp.asarray(mask), kept, binarize)
         alpha = np.abs(w)[mask].sum() / kept
         want = np.sign(w) * alpha * mask if binarize else w * mask
         np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
@@ -102,7 +103,7 @@ def test_kernel_from_mask_matches_numpy_forward_and_ste():
         np.testing.assert_allclose(np.asarray(ds), np.sign(s) * w * g, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(np.asarray(dw), 0.0)
     with pytest.raises(ValueError, match="bool"):
-        ops.kernel_from_mask(jnp.ones((2, 2)), jnp.ones((2, 2)), jnp.ones((2, 2)), 2, True)
+        ops.ste_kernel(jnp.ones((2, 2)), jnp.ones((2, 2)), jnp.ones((2, 2)), 2, True)
 
 
 def _cifar_config(model, mask_impl, mask_method="compare", mode="biprop"):
@@ -152,3 +153,33 @@ def test_auto_mask_impl_is_per_layer_on_cpu_and_batched_on_gpu(monkeypatch):
     assert train.resolved_mask_impl(config) == "batched"
     config.mask_impl = "per_layer"
     assert train.resolved_mask_impl(config) == "per_layer"
+
+
+def test_rule_from_config_and_precompute(monkeypatch):
+    # The training step's rule: batched top-k only for layerwise biprop/edgepopup with the
+    # batched implementation; everything else searches in the layers (or uses tau).
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert masks.rule_from_config("biprop", "layerwise", "batched", "compare") == \
+        masks.BatchedTopK("compare")
+    assert masks.rule_from_config("edgepopup", "layerwise", "auto") == masks.TopK()
+    assert masks.rule_from_config("dense", "layerwise", "batched") == masks.TopK()
+    assert masks.rule_from_config("biprop", "global", "batched") == masks.GlobalThreshold()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert masks.rule_from_config("biprop", "layerwise", "auto") == \
+        masks.BatchedTopK(masks.DEFAULT_METHOD)
+    with pytest.raises(ValueError, match="mask method"):
+        masks.BatchedTopK("bisect")
+    with pytest.raises(ValueError, match="pruning"):
+        masks.rule_for_pruning("random")
+    with pytest.raises(ValueError, match="mask_impl"):
+        masks.resolve_mask_impl("fast")
+    params = {"conv": {"scores": random_tree(2, True)["b"]}, "bn": {"scale": jnp.ones(4)},
+              "dense": {"scores": random_tree(3, False)["f"]}}
+    assert masks.TopK().precompute(params, 0.3) == {}
+    assert masks.GlobalThreshold().precompute(params, 0.3) == {}
+    found = masks.BatchedTopK("compare").precompute(params, 0.3)
+    assert set(found) == {"masks"} and set(found["masks"]) == {"conv", "dense"}
+    for name in ("conv", "dense"):
+        np.testing.assert_array_equal(np.asarray(found["masks"][name]["mask"]),
+                                      numpy_topk(np.asarray(params[name]["scores"]), 0.3))
+    assert masks.BatchedTopK().precompute({"bn": {"scale": jnp.ones(4)}}, 0.3) == {}

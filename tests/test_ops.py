@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mpt_jax import ops
+from mpt_jax import masks, ops
 
 
 # ---------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_traced_float32_keep_fraction_matches_python_float(n, k):
 
 
 def test_traced_float32_keep_fraction_documented_one_off():
-    # Known, documented limitation (ops._kept_as_array): float32(0.3) != float64(0.3) and
+    # Known, documented limitation (masks.kept_for): float32(0.3) != float64(0.3) and
     # (1 - k) * 180 sits on an integer, so a float32 array keeps 54 where 0.3 keeps 55.
     n, k = 180, 0.3
     k32 = np.float32(k)
@@ -256,7 +256,7 @@ def test_traced_float32_keep_fraction_documented_one_off():
 def test_traced_float64_keep_fraction_matches_host_formula(x64):
     ks = [0.05 * i for i in range(1, 20)] + [0.3, 0.7, 0.01, 0.123456]
     ns = [1, 27, 180, 640, 1728, 2560, 5120, 36864, 9437184, 68814016]
-    counts = jax.jit(jax.vmap(lambda k: jnp.stack([ops._kept_as_array(n, k) for n in ns])))(
+    counts = jax.jit(jax.vmap(lambda k: jnp.stack([masks.kept_for(n, k) for n in ns])))(
         jnp.asarray(ks, jnp.float64))
     want = np.array([[ref_kept(n, k) for n in ns] for k in ks])
     np.testing.assert_array_equal(np.asarray(counts), want)

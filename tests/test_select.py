@@ -1,8 +1,8 @@
-"""Exact k-th largest (mpt_jax.select): every implementation against a float64 NumPy sort.
+"""Exact k-th largest (mpt_jax.select): every method against a float64 NumPy sort.
 
-The threshold feeds ops.topk_mask, so exactness matters bit for bit: a threshold one ulp off
-changes the kept set (SPEC 1.2; issue 6: "exactly the same kept set as the sort, ties
-included").
+The threshold feeds select.topk_mask, so exactness matters bit for bit: a threshold one ulp
+off changes the kept set (SPEC 1.2; issue 6: "exactly the same kept set as the sort, ties
+included"). The benchmark-only variants are tested in test_select_variants.py.
 """
 import chex
 import jax
@@ -12,15 +12,8 @@ import pytest
 
 from mpt_jax import ops, select
 
-IMPLS = ("sort", "radix", "radix_compare")
-FUNCS = {"sort": select.kth_largest_sort, "radix": select.kth_largest_radix,
-         "radix_compare": select.kth_largest_radix_compare}
-
-
-@pytest.fixture(autouse=True)
-def _restore_implementation():
-    yield
-    select.set_implementation(None)
+IMPLS = ("sort", "radix")
+FUNCS = {"sort": select.kth_largest_sort, "radix": select.kth_largest_radix}
 
 
 def _ref(values: np.ndarray, k: int) -> float:
@@ -62,7 +55,7 @@ def test_matches_float64_sort(impl, n, kind):
         assert float(got) == _ref(values, k), (impl, n, kind, k)
 
 
-@pytest.mark.parametrize("impl", ["radix", "radix_compare"])
+@pytest.mark.parametrize("impl", ["radix"])
 def test_wide_range_and_denormals_bit_exact(impl):
     # XLA:CPU flushes denormals in compares and sorts (DAZ), so only the radix selects,
     # which work on the bit patterns, can return the exact denormal k-th largest.
@@ -121,7 +114,7 @@ def test_python_int_k_and_bad_arguments():
     with pytest.raises(ValueError, match="float"):
         select.kth_largest(jnp.arange(4), 1)
     with pytest.raises(ValueError, match="heapsort"):
-        select.set_implementation("heapsort")
+        select.kth_largest(values, 1, "heapsort")
 
 
 def test_out_of_range_traced_k_is_clamped_like_the_sort():
@@ -152,8 +145,8 @@ def test_vmap_over_layers_and_k():
         got = jax.vmap(FUNCS[impl])(jnp.asarray(stacked), jnp.asarray(ks))
         want = [_ref(stacked[i], int(ks[i])) for i in range(4)]
         np.testing.assert_array_equal(np.asarray(got, np.float64), want)
-        select.set_implementation(impl)
-        masks = np.asarray(jax.vmap(select.kept_mask)(jnp.asarray(stacked), jnp.asarray(ks)))
+        masks = np.asarray(jax.vmap(lambda v, k: select.topk_mask(v, k, impl))(
+            jnp.asarray(stacked), jnp.asarray(ks)))
         for row, k, mask in zip(stacked, ks, masks):  # stable descending sort's top k
             want = np.zeros(row.size, bool)
             want[np.argsort(-row.astype(np.float64), kind="stable")[:k]] = True
@@ -164,7 +157,7 @@ def test_gradient_context_is_safe():
     # Under jax.grad the threshold is a constant (the mask STE lives in ops.custom_vjp);
     # differentiating through it must neither fail nor produce NaN.
     values = jnp.asarray(np.abs(np.random.default_rng(6).normal(size=50)), jnp.float32)
-    for impl in ("radix", "radix_compare"):
+    for impl in ("radix",):
         g = jax.grad(lambda v: FUNCS[impl](v, 10) * 2.0)(values)
         assert np.all(np.isfinite(np.asarray(g)))
 
@@ -176,13 +169,14 @@ def test_many_matches_single(batched):
               [("uniform", 1), ("ties", 10), ("zeros", 999), ("uniform", 4096), ("ties", 37)]]
     arrays[3] = arrays[3].reshape(64, 64)  # arrays are flattened
     ks = [1, 4, 143, 820, 37]
-    select.set_implementation("radix")
     chex.clear_trace_counter()
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def thresholds(arrs, kvec):
-        return select.kth_largest_many(arrs, kvec, batched=batched)
+        if batched:  # one scatter per pass for all arrays
+            return select.kth_largest_many(arrs, kvec, "radix")
+        return [select.kth_largest_radix(a.reshape(-1), kvec[i]) for i, a in enumerate(arrs)]
 
     for shift in [0, 1]:  # a new k vector must not retrace
         kvec = jnp.asarray([max(1, k - shift) for k in ks], jnp.int32)
@@ -199,21 +193,18 @@ def test_many_validates_lengths():
 
 @pytest.mark.parametrize("kind", ["uniform", "ties", "zeros", "wide"])
 def test_topk_mask_kept_set_identical_to_sort(kind):
-    # The property ops relies on: the kept set (ties resolved to the lowest flat indices)
-    # is the same whichever implementation finds the threshold, and it is the set of a
+    # The property the layers rely on: the kept set (ties resolved to the lowest flat
+    # indices) is the same whichever method finds the threshold, and it is the set of a
     # stable descending sort (computed here in NumPy).
     rng = np.random.default_rng(8)
     n = 3001
     values = _make(kind, n, rng)
     masks = {}
-    for impl in IMPLS:
-        select.set_implementation(impl)
-        # A fresh lambda per implementation: jax caches traces per function object, and
-        # the implementation is chosen at trace time.
-        mask_fn = jax.jit(lambda v, k: ops.topk_mask(v, k))
+    for impl in IMPLS + ("auto",):
+        mask_fn = jax.jit(lambda v, k, impl=impl: select.topk_mask(v, k, impl))
         masks[impl] = [np.asarray(mask_fn(jnp.asarray(values), jnp.int32(k)))
                        for k in (1, 600, 1500, n)]
-    for impl in IMPLS[1:]:
+    for impl in IMPLS[1:] + ("auto",):
         for m_sort, m_other in zip(masks["sort"], masks[impl]):
             np.testing.assert_array_equal(m_sort, m_other)
     if kind != "wide":  # XLA:CPU compares flush denormals; "wide" has some
@@ -222,94 +213,53 @@ def test_topk_mask_kept_set_identical_to_sort(kind):
             want = np.zeros(n, bool)
             want[order[:k]] = True
             np.testing.assert_array_equal(mask, want)
+    # ops re-exports the same function (its public API)
+    np.testing.assert_array_equal(np.asarray(ops.topk_mask(jnp.asarray(values), 700)),
+                                  np.asarray(select.topk_mask(jnp.asarray(values), 700)))
 
 
-def test_selection_by_environment_variable(monkeypatch):
-    values = jnp.asarray([1.0, 2.0], jnp.float32)
-    monkeypatch.setenv("MPT_JAX_SELECT", "radix_compare")
-    assert select.get_implementation() == "radix_compare"
-    monkeypatch.setenv("MPT_JAX_SELECT", "bogus")
-    with pytest.raises(ValueError, match="MPT_JAX_SELECT"):
-        select.kth_largest(values, 1)
-    select.set_implementation("sort")  # the function call beats the environment
-    assert select.get_implementation() == "sort"
-    select.set_implementation(None)
-    monkeypatch.delenv("MPT_JAX_SELECT")
-    assert select.get_implementation() == "auto"
-    monkeypatch.setenv("MPT_JAX_SELECT_COPIES", "0")
-    with pytest.raises(ValueError, match="MPT_JAX_SELECT_COPIES"):
-        select.kth_largest_radix(values, 1)
-
-
-def test_histogram_copies_give_identical_results(monkeypatch):
+def test_histogram_copies_give_identical_results():
     # The GPU default privatises the histogram into 32 copies; same answers on CPU.
     values = _make("ties", 5000, np.random.default_rng(9))
-    monkeypatch.setenv("MPT_JAX_SELECT_COPIES", "32")
     for k in [1, 1234, 5000]:
-        assert float(select.kth_largest_radix(jnp.asarray(values), k)) == _ref(values, k)
-        got = select.kth_largest_many([jnp.asarray(values)] * 2, [k, k], batched=True)
+        assert float(select.kth_largest_radix(jnp.asarray(values), k, copies=32)) == \
+            _ref(values, k)
+        got = select.kth_largest_many([jnp.asarray(values)] * 2, [k, k], "radix", copies=32)
         assert [float(x) for x in got] == [_ref(values, k)] * 2
+    with pytest.raises(ValueError, match="copies"):
+        select.kth_largest_radix(jnp.asarray(values), 1, copies=0)
 
 
-@pytest.mark.parametrize("digits", ["16,15", "8,8,8,7", "1,10,10,10"])
-def test_scatter_digit_plans_give_identical_results(monkeypatch, digits):
-    # $MPT_JAX_SELECT_DIGITS only changes the passes (a speed knob): the same thresholds as
-    # a float64 sort, per array and batched, with privatised copies too.
+@pytest.mark.parametrize("digits", [(16, 15), (8, 8, 8, 7), (1, 10, 10, 10)])
+def test_scatter_digit_plans_give_identical_results(digits):
+    # The digit widths only change the passes (a speed knob): the same thresholds as a
+    # float64 sort, per array and batched, with privatised copies too.
     values = _make("ties", 5000, np.random.default_rng(11))
     other = _make("uniform", 777, np.random.default_rng(12))
-    monkeypatch.setenv("MPT_JAX_SELECT_DIGITS", digits)
-    for copies in ("1", "4"):
-        monkeypatch.setenv("MPT_JAX_SELECT_COPIES", copies)
+    for copies in (1, 4):
         for k in [1, 1234, 5000]:
-            assert float(select.kth_largest_radix(jnp.asarray(values), k)) == _ref(values, k)
+            got = select.kth_largest_radix(jnp.asarray(values), k, digits=digits, copies=copies)
+            assert float(got) == _ref(values, k)
             got = select.kth_largest_many([jnp.asarray(values), jnp.asarray(other)],
-                                          [k, min(k, 777)], batched=True)
+                                          [k, min(k, 777)], "radix", digits=digits,
+                                          copies=copies)
             assert [float(x) for x in got] == [_ref(values, k), _ref(other, min(k, 777))]
 
 
-@pytest.mark.parametrize("bad", ["16,16", "11,10", "17,14", "a,b", "0,31"])
-def test_bad_scatter_digit_plan_is_refused(monkeypatch, bad):
-    monkeypatch.setenv("MPT_JAX_SELECT_DIGITS", bad)
-    with pytest.raises(ValueError, match="MPT_JAX_SELECT_DIGITS.*summing to 31"):
-        select.kth_largest_radix(jnp.ones((8,), jnp.float32), 1)
+@pytest.mark.parametrize("bad", [(16, 16), (11, 10), (17, 14), (0, 31)])
+def test_bad_scatter_digit_plan_is_refused(bad):
+    with pytest.raises(ValueError, match="sum to 31"):
+        select.kth_largest_radix(jnp.ones((8,), jnp.float32), 1, digits=bad)
 
 
 def test_auto_uses_radix_on_cpu():
     # "auto" lowers per platform; on CPU it must be the radix select (no sort in the HLO).
     values = jnp.ones((64,), jnp.float32)
-    select.set_implementation("auto")
-    def compiled_hlo():
-        fn = jax.jit(lambda v, k: select.kth_largest(v, k))
+
+    def compiled_hlo(method):
+        fn = jax.jit(lambda v, k: select.kth_largest(v, k, method))
         return fn.lower(values, jnp.int32(3)).compile().as_text()
 
-    hlo = compiled_hlo()
+    hlo = compiled_hlo("auto")
     assert " scatter(" in hlo and " sort(" not in hlo
-    select.set_implementation("sort")
-    assert " sort(" in compiled_hlo()
-
-
-@pytest.mark.parametrize("impl", IMPLS + ("auto",))
-@pytest.mark.parametrize("kind", ["uniform", "ties", "zeros"])
-def test_kept_mask_is_the_stable_sort_top_k(kind, impl):
-    # select.kept_mask finds the tie cut-off by a second radix select instead of ops'
-    # cumsum; it must keep exactly the set of a stable descending sort (NumPy, float64).
-    rng = np.random.default_rng(10)
-    n = 2999
-    values = _make(kind, n, rng)
-    order = np.argsort(-values.astype(np.float64), kind="stable")
-    select.set_implementation(impl)
-    chex.clear_trace_counter()
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def mask_fn(v, k):
-        return select.kept_mask(v, k)
-
-    for k in (1, 2, 600, 1500, n - 1, n):
-        want = np.zeros(n, bool)
-        want[order[:k]] = True
-        np.testing.assert_array_equal(np.asarray(mask_fn(jnp.asarray(values), jnp.int32(k))),
-                                      want)
-    np.testing.assert_array_equal(  # and the same as ops.topk_mask, for a Python int k
-        np.asarray(select.kept_mask(jnp.asarray(values), 700)),
-        np.asarray(ops.topk_mask(jnp.asarray(values), 700)))
+    assert " sort(" in compiled_hlo("sort")

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mpt_jax import layers, ops
+from mpt_jax import layers, masks, ops
 
 
 class ScoreNet(nn.Module):
@@ -37,18 +37,22 @@ class ScoreNet(nn.Module):
     dtype: Any = jnp.float32
     binary_activations: bool = False  # set by the `_binact` registry entries (MPT-1/1)
 
-    def _kernel_options(self) -> dict:
-        return dict(mode=self.mode, keep_fraction=self.keep_fraction,
-                    weight_init=self.weight_init, fan_mode=self.fan_mode,
-                    scale_fan=self.scale_fan, pruning=self.pruning, dtype=self.dtype)
+    def kernel_options(self) -> layers.KernelOptions:
+        """The options every prunable layer of the model receives (its mask rule included)."""
+        return layers.KernelOptions(mode=self.mode, keep_fraction=self.keep_fraction,
+                                    weight_init=self.weight_init, fan_mode=self.fan_mode,
+                                    scale_fan=self.scale_fan,
+                                    rule=masks.rule_for_pruning(self.pruning))
 
     def conv(self, features: int, kernel_size: int = 3, strides: int = 1, name: str | None = None,
              padding: int | None = None):
         return layers.BipropConv(features=features, kernel_size=kernel_size, strides=strides,
-                                 padding=padding, name=name, **self._kernel_options())
+                                 padding=padding, name=name, options=self.kernel_options(),
+                                 dtype=self.dtype)
 
     def dense(self, features: int, name: str | None = None):
-        return layers.BipropDense(features=features, name=name, **self._kernel_options())
+        return layers.BipropDense(features=features, name=name, options=self.kernel_options(),
+                                  dtype=self.dtype)
 
     def norm(self, train: bool, name: str | None = None):
         # The dense / binary_trained baselines learn their BN like ordinary networks.

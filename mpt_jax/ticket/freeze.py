@@ -30,7 +30,7 @@ from mpt_jax.ticket.core import BN_DTYPES, MODES, SEP, LayerTicket, Ticket, Tick
 # jitted forward (``training_kernels``): a separately compiled float32 reduction can differ
 # by an ulp, which decides exact ties of integer-valued logits (MPT-1/1 classifiers whose
 # input is binary).
-_layerwise_kernel = jax.jit(ops.kernel_from_mask, static_argnums=(3, 4))
+_layerwise_kernel = jax.jit(ops.masked_kernel, static_argnums=(2, 3))
 _global_kernel = jax.jit(ops.threshold_kernel, static_argnums=(3,))
 
 
@@ -94,7 +94,7 @@ def layer_tickets(params, frozen, keep_fraction: float, pruning: str = "layerwis
         if tau is None:
             count = ops.kept_count(scores.size, keep_fraction)
             mask_np = topk_mask_np(np.abs(scores), count)
-            alpha = _alpha_of(_layerwise_kernel(weight, scores, mask_np, count, True))
+            alpha = _alpha_of(_layerwise_kernel(weight, mask_np, count, True))
         else:
             mask_np = np.abs(scores) > np.float32(tau)
             alpha = _alpha_of(_global_kernel(weight, scores, tau, True))
