@@ -190,3 +190,51 @@ def test_sigterm_stops_the_running_runs_and_the_same_command_resumes(tmp_path):
     assert "resum" in log.lower()  # the second part continued from the checkpoint
     rows = read_csv(tmp_path / "results.csv")
     assert int(rows["smoke,keep_fraction=0.25,seed=0"]["epochs"]) == 40
+
+
+def test_import_window_merges_new_rows_tickets_and_runs(tmp_path):
+    """A window archive as experiments/gpu_window.sh packs it: the device's copy of the CSV
+    (earlier rows and new ones), tickets/, and /tmp/reproduce/<run>/ folders."""
+    import io
+    import json
+    import shutil
+    import tarfile
+
+    W = load("import_window")
+    results, tickets, runs = tmp_path / "cifar10.csv", tmp_path / "tickets", tmp_path / "runs"
+    old = dict(run="cifar10_resnet18,seed=0", group="table", final_top1="89.46")
+    new = dict(run="cifar10_resnet18,seed=1", group="table", final_top1="89.50")
+    R.append_row(old, str(results))
+    device_csv = tmp_path / "device.csv"
+    R.append_row(dict(old, final_top1="1.0"), str(device_csv))  # the same run: left alone
+    R.append_row(new, str(device_csv))
+    archive = tmp_path / "window.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(device_csv, arcname="experiments/results/cifar10.csv")
+        tar.add(os.path.join(ROOT, "tests", "fixtures", "digits_mlp_signs_v1.ticket"),
+                arcname="tickets/cifar10_resnet18.ticket")
+        for run, body in [(new["run"], {"final_top1": 89.5}), ("unfinished,seed=0", None)]:
+            info = tarfile.TarInfo(f"tmp/reproduce/{run}/metrics.jsonl")
+            data = b'{"step": 1}\n'
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            if body is not None:
+                data = json.dumps(body).encode()
+                info = tarfile.TarInfo(f"tmp/reproduce/{run}/result.json")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        evil = tarfile.TarInfo("../outside.txt")
+        evil.size = 1
+        tar.addfile(evil, io.BytesIO(b"x"))
+    counts = W.import_window(str(archive), str(results), str(tickets), str(runs))
+    assert counts == dict(rows=1, tickets=1, runs=1)
+    rows = read_csv(results)
+    assert rows[old["run"]]["final_top1"] == "89.46" and rows[new["run"]]["final_top1"] == "89.50"
+    assert (tickets / "cifar10_resnet18.ticket").exists()
+    assert json.loads((runs / new["run"] / "result.json").read_text()) == {"final_top1": 89.5}
+    assert (runs / new["run"] / "metrics.jsonl").exists()
+    assert not (runs / "unfinished,seed=0").exists()
+    assert not (tmp_path / "outside.txt").exists()
+    # Importing the same window again adds nothing.
+    assert W.import_window(str(archive), str(results), str(tickets), str(runs))["rows"] == 0
+    shutil.rmtree(runs)
