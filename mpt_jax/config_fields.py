@@ -181,7 +181,8 @@ FIELDS = (
           "over"),
     Field("stop_if_not_learning", False, bool, "stop a run whose best top-1 is below 2 % "
           "after epoch 2, as the reference"),
-    Field("progress_bar", True, bool, "a console progress bar with images/s and ETA"),
+    Field("progress_bar", True, bool, "a console progress bar with images/s and the time "
+          "left in the epoch and in the run"),
     # Per-mode presets.
     Field("baseline_hparams", _baseline_defaults, dict, "replacements of the fields above "
           "for mode dense / edgepopup / binary_trained (a field set on the command line wins)",
