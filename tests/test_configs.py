@@ -233,7 +233,11 @@ def test_unknown_model_option_fails_clearly():
 def test_command_line_errors_are_one_line_exit_2(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     for args, pattern in [
-        (["--config.no_such_field=1"], r"^error: unknown config field in '--config.no_such_field=1'"),
+        (["--config.no_such_field=1"], r"^error: unknown config field 'no_such_field' \(python "
+                                       r"-m mpt_jax.main --config=configs/smoke.py --help"),
+        (["--config.lerning_rate=0.1"], r"^error: unknown config field 'lerning_rate'; did you "
+                                        r"mean 'learning_rate'\? \(python -m mpt_jax.main "
+                                        r"--config=configs/smoke.py --help lists the fields\)$"),
         (["--config.keep_fraction=1.5"], r"^error: keep_fraction must be in \(0, 1\]"),
         (["--config=configs/missing.py"], r"^error: cannot load the config file"),
     ]:
@@ -274,7 +278,7 @@ def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
     assert run("--config.max_train_steps=3") == 0
     assert run("--workdir=b", "--config.num_epochs=1", "--config.seed=4") == 0
     assert run("--workdir=c", "--config.bogus=1") == 2
-    assert "unknown config field in '--config.bogus=1'" in capsys.readouterr().err
+    assert "unknown config field 'bogus' (python -m mpt_jax.main" in capsys.readouterr().err
     a, default, b = result("a"), result(os.path.join("runs", "smoke")), result("b")
     assert (a["epochs_completed"], a["global_step"], a["seed"]) == (1, 22, 0)
     assert (default["global_step"], default["seed"]) == (3, 0)  # no --workdir: the default
