@@ -327,6 +327,35 @@ def test_help_lists_flags_and_config_fields(tmp_path, monkeypatch, capsys):
     assert os.listdir(tmp_path) == []
 
 
+def test_help_of_a_real_config_explains_every_field_in_plain_words():
+    """``python -m mpt_jax.main --config=configs/cifar10_resnet18.py --help``: every field has
+    a one-line meaning, and the fields a new user cannot guess say what they do in words
+    (what BatchNorm's scale and shift are for; that the mask settings change speed only)."""
+    proc = subprocess.run([sys.executable, "-m", "mpt_jax.main",
+                           "--config=configs/cifar10_resnet18.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    meaning = {}
+    for i, line in enumerate(lines):
+        match = re.match(r"  --config\.(\w+)[=.]", line)
+        if match and match.group(1) not in meaning:
+            after = next(t for t in lines[i:] if not t.startswith("  --config."))
+            meaning[match.group(1)] = after.strip()
+    assert sorted(meaning) == sorted(f.name for f in config_fields.FIELDS)
+    for name, text in meaning.items():
+        assert len(text.split()) >= 3 and text != "not a field of mpt_jax", (name, text)
+    for name in ("bn_affine", "learn_batchnorm", "tune_batchnorm"):
+        assert "scale and a shift" in meaning[name] or "scale and shift" in meaning[name]
+    assert "after it normalises" in meaning["bn_affine"]
+    assert "while the scores learn" in meaning["learn_batchnorm"]
+    assert "stay as they are" in meaning["tune_batchnorm"]
+    for name in ("mask_impl", "mask_method"):
+        assert meaning[name].startswith("speed only, same results"), meaning[name]
+    assert "top-scoring weights" in meaning["mask_method"]
+
+
 def test_help_into_a_closed_pipe_is_not_an_error(run_into_closed_pipe):
     """``main --help | head -1``: the reader may go before the help is written. Here it is
     gone before the run starts: status 0 and no BrokenPipeError traceback."""

@@ -489,5 +489,5 @@ def test_install_hint_when_tensorflow_is_missing(monkeypatch, mesh8):
     # tests/test_data.py hides tensorflow_datasets; here tfds is importable, so the message
     # must name tensorflow itself.
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` raises ImportError
-    with pytest.raises(DataError, match=r"tensorflow is not installed.*pip install mpt_jax\[tf\]"):
+    with pytest.raises(DataError, match=r'tensorflow is not installed.*pip install -e "\.\[tf\]"'):
         data.get_dataset(imagenet_config(""), mesh8)

@@ -110,7 +110,9 @@ def load_digits() -> ArraySource:
         mean=mean, std=std, augment_policy="none")
 
 
-TFDS_INSTALL_HINT = ("install TensorFlow Datasets with `pip install mpt_jax[tf]`, or set "
+# mpt_jax is installed from its checkout (it is not on PyPI): extras are `-e ".[tf]"` there.
+TFDS_INSTALL_HINT = ("install TensorFlow Datasets with `pip install -e \".[tf]\"` in the "
+                     "mpt_jax checkout, or set "
                      "--config.data_dir to an image-folder tree or .tar(.gz) archive "
                      "(e.g. ../shared/data/cifar10_train_jpeg.tar.gz)")
 
