@@ -363,7 +363,7 @@ def test_tfds_missing_gives_install_hint(monkeypatch, mesh8):
     # (tests/test_tfds.py hides tensorflow itself where it is installed).
     missing = "tensorflow_datasets"
     monkeypatch.setitem(sys.modules, missing, None)
-    with pytest.raises(DataError, match=r'pip install -e "\.\[tf\]" in the mpt_jax checkout.*'
+    with pytest.raises(DataError, match=r'pip install -e "\.\[tf\]"` in the mpt_jax checkout.*'
                                         r'data_dir'):
         data.get_dataset(make_config(dataset="cifar10"), mesh8)
     with pytest.raises(DataError, match=rf'{missing} is not installed.*pip install -e "\.\[tf\]"'):
@@ -464,3 +464,50 @@ def test_shared_cifar10_archive(tmp_path):
     np.testing.assert_allclose(np.asarray(batch["image"][0]), (ref / 255.0 - CIFAR_MEAN) / CIFAR_STD,
                                atol=1e-5)
     assert next(ds.train_batches(0))["image"].shape == (128, 32, 32, 3)
+
+
+class FakeBuilder:
+    """The part of a tfds builder that sources.prepare_tfds uses."""
+
+    data_dir = "/nowhere/mnist/3.0.1"
+
+    def __init__(self, prepared):
+        self.prepared, self.downloads = prepared, 0
+
+    def is_prepared(self):
+        return self.prepared
+
+    def download_and_prepare(self):
+        self.downloads += 1
+
+
+def test_prepare_tfds_downloads_only_what_is_missing_and_only_online(monkeypatch):
+    probes = []
+    mnist = registry.get("mnist")
+    monkeypatch.setattr(sources, "can_reach", lambda host: probes.append(host) or False)
+    prepared = FakeBuilder(prepared=True)
+    sources.prepare_tfds(prepared, mnist)  # on disk: no probe, no download
+    assert (probes, prepared.downloads) == ([], 0)
+    missing = FakeBuilder(prepared=False)
+    with pytest.raises(DataNotFoundError, match=r"^mnist: .* no prepared copy in "
+                       r"/nowhere/mnist/3.0.1 .*cannot connect to storage.googleapis.com"):
+        sources.prepare_tfds(missing, mnist)
+    assert (probes, missing.downloads) == (["storage.googleapis.com"], 0)
+    monkeypatch.setattr(sources, "can_reach", lambda host: True)
+    sources.prepare_tfds(missing, mnist)
+    assert missing.downloads == 1
+
+
+def test_can_reach_is_bounded_by_its_timeout(monkeypatch):
+    """A name lookup that hangs (no reachable name server) ignores socket timeouts; the
+    probe still answers within its own."""
+    import socket
+    import time
+
+    def hangs(*args, **kwargs):
+        time.sleep(30)
+
+    monkeypatch.setattr(socket, "create_connection", hangs)
+    start = time.monotonic()
+    assert sources.can_reach("example.invalid", timeout=0.5) is False
+    assert time.monotonic() - start < 5

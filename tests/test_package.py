@@ -311,7 +311,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_install_hints_name_the_checkout_not_pypi():
     """mpt_jax is not on PyPI: every hint installs an extra from the checkout
-    (``pip install -e ".[tf]"``), never ``pip install mpt_jax[tf]``."""
+    (``pip install -e ".[tf]"``), never the PyPI form (the package name with the extra)."""
     pypi_form = "mpt_jax" + "["  # split: this file is searched too
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
