@@ -302,7 +302,7 @@ def row_plan(modes: list[str], selects: list[str], mask_impls=("per_layer",),
     return first + others + rest
 
 
-def main(argv=None) -> int:
+def arguments() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--batch", type=int, default=256)
@@ -335,6 +335,11 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=results_log.default_path("train_step"),
                     help="append the rows, with date, hardware and versions, here ('' = no)")
     ap.add_argument("--markdown", default=None, help="write the table to this file")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = arguments()
     args = ap.parse_args(argv)
 
     selects = [s.strip() for s in args.select.split(",") if s.strip()]
