@@ -90,7 +90,9 @@ else
   SEL_MODELS="--model resnet18_cifar --model wrn50_2"; SEL_REPEATS=10; PROF_STEPS=20
 fi
 SEL_ONLY="thr:sort,thr:radix,thr:radix copies=32,thr:radix_many copies=32,mask:sort,mask:radix,mask:radix kept_mask"
-BENCH="$PY benchmarks/train_step.py --json $OUT/rows.jsonl --peer-path $PEER --peer-python $PY"
+# --results: the stamped raw rows (benchmarks/results/ of the device's copy would be lost).
+BENCH="$PY benchmarks/train_step.py --json $OUT/rows.jsonl --peer-path $PEER --peer-python $PY \
+  --results $OUT/results_train_step.jsonl"
 
 # run NAME MIN_S CAP_S CMD...: runs CMD under `timeout` (at most CAP_S and what is left of
 # the budget), unless less than MIN_S is left.
@@ -170,7 +172,7 @@ for g in $BENCH_GROUPS; do
               --mask-method $WRN50_METHOD --torch-peer $STEPS ;;
     select) run select 30 90 $PY benchmarks/select_bench.py $SEL_MODELS \
               --repeats $SEL_REPEATS --json "$OUT/select.jsonl" \
-              --only "$SEL_ONLY" ;;
+              --results "$OUT/results_select_bench.jsonl" --only "$SEL_ONLY" ;;
     r18)    run resnet18_cifar 60 170 $BENCH --model resnet18_cifar --batch $B_SMALL \
               --precision $PREC --modes biprop,dense --select auto,kept_mask,sort \
               --torch-peer $STEPS ;;

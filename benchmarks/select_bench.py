@@ -17,7 +17,9 @@ from the real score initialiser) it times, all layers in one jitted function:
 $MPT_JAX_SELECT_DIGITS / $MPT_JAX_SELECT_COPIES knobs also apply here.
 
 Prints one JSON line per variant and a table (median ms over ``--repeats`` calls), and
-checks that every variant returns the same thresholds (masks) as the sort.
+checks that every variant returns the same thresholds (masks) as the sort. Every row is
+appended to benchmarks/results/select_bench.jsonl (``--results``; results_log.py) with the
+date, hardware, versions and command line.
 """
 from __future__ import annotations
 
@@ -36,9 +38,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mpt_jax import layers, masks, models, select  # noqa: E402
-
+import results_log  # noqa: E402  (benchmarks/, this script's directory)
 import select_variants  # noqa: E402  (benchmarks/select_variants.py, next to this script)
+from mpt_jax import layers, masks, models, select  # noqa: E402
 
 IMAGE = {"cifar": (32, 32, 3), "imagenet": (224, 224, 3)}
 
@@ -159,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--only", default="", help="comma list of variant names (default all)")
     ap.add_argument("--json", default=None, help="append rows as JSON lines here")
+    ap.add_argument("--results", default=results_log.default_path("select_bench"),
+                    help="append the rows, with date, hardware and versions, here ('' = no)")
     args = ap.parse_args(argv)
     only = [o for o in args.only.split(",") if o]
     rows = []
@@ -169,10 +173,10 @@ def main(argv=None) -> int:
     for r in rows:
         ok = r.get("same_as_sort", r.get("kept_ok", r.get("error")))
         print(f"| {r['model']} | {r['variant']} | {r.get('ms', '-')} | {ok} |")
-    if args.json:
-        with open(args.json, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    for r in rows:
+        results_log.append(args.json, r)
+        results_log.append(args.results, dict(r, **results_log.stamp(
+            jax=jax.__version__, accelerator=jax.devices()[0].device_kind)))
     return 0 if all("error" not in r and r.get("same_as_sort", True) and r.get("kept_ok", True)
                     for r in rows) else 1
 

@@ -37,9 +37,12 @@ Row order: biprop with the first --select, then the other modes (dense), then bi
 the remaining selects, so that a time limit cuts the least important rows. The torch peer
 runs first, before JAX takes the GPU's memory.
 
-``--torch-peer`` runs ../shared/bench/torch_peer.py (``--peer-path``) in a subprocess for the
-same model and batch (bf16 + channels-last when ``--precision bfloat16``) and prints its
-images/s and ours / peer.
+``--torch-peer`` runs ../shared/bench/torch_peer.py (``--peer-path``) in subprocesses for the
+same model and batch (bf16 + channels-last when ``--precision bfloat16``), eager and with
+torch.compile (peer_runs.py), and prints both images/s and ours / the faster of the two.
+
+Every row is appended to benchmarks/results/train_step.jsonl (``--results``; results_log.py)
+with the date, hardware, versions and command line.
 """
 from __future__ import annotations
 
@@ -49,7 +52,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -61,6 +63,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import peer_runs  # noqa: E402  (benchmarks/, this script's directory)
+import results_log  # noqa: E402
 from configs import common as presets  # noqa: E402  (the repository root is on sys.path)
 from mpt_jax import config_fields, config_utils, masks, optim, parallel, train  # noqa: E402
 from mpt_jax.data import registry as datasets  # noqa: E402
@@ -75,11 +79,6 @@ CONFIG_FILES = {
     "resnet20_cifar": "cifar10_resnet20.py", "vgg_small": "cifar10_vgg_small.py",
     "wrn50_2": "imagenet_wrn50.py", "wrn34_2_binact": "imagenet_wrn34_binact.py",
 }
-# our model name -> torch_peer.py --model (and its extra flags)
-PEER_MODELS = {"conv4": ("conv4", []), "resnet18_cifar": ("cifar_resnet18", []),
-               "wrn50_2": ("wrn50_2", ["--size", "224"]),
-               "resnet50": ("resnet50", ["--size", "224"])}
-DEFAULT_PEER = os.path.join(_REPO, "..", "shared", "bench", "torch_peer.py")
 SELECTS = select_variants.SELECTS + ("noop", "kept_mask")
 
 
@@ -207,42 +206,13 @@ def measure(config, mesh, label: str, warmup: int, steps: int, repeats: int) -> 
 
 
 # ---------------------------------------------------------------------------
-# PyTorch peer
-
-
-def run_peer(model: str, batch: int, precision: str, device: str, peer_path: str,
-             steps: int, warmup: int, python: str, timeout: float) -> dict:
-    """images/s of torch_peer.py for the same model and batch (or why there is none)."""
-    if model not in PEER_MODELS:
-        return dict(status="report", note=f"torch_peer has no {model}")
-    if not os.path.exists(peer_path):
-        return dict(status="missing", note=f"no torch_peer.py at {peer_path} (--peer-path)")
-    name, extra = PEER_MODELS[model]
-    cmd = [python, peer_path, "--model", name, "--batch", str(batch), "--device", device,
-           "--steps", str(steps), "--warmup", str(warmup), *extra]
-    if precision == "bfloat16":
-        cmd += ["--bf16", "--channels-last"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return dict(status="timeout", note=f"torch_peer exceeded {timeout:.0f} s")
-    for line in reversed(out.stdout.strip().splitlines()):
-        if line.startswith("{"):
-            result = json.loads(line)
-            result["status"] = "ok"
-            result["command"] = " ".join(cmd[1:])
-            return result
-    tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
-    return dict(status="failed", note=tail[0][:200], command=" ".join(cmd[1:]))
-
-
-# ---------------------------------------------------------------------------
 # Table
 
 COLUMNS = [("model", "model"), ("mode", "mode"), ("batch", "batch"), ("precision", "prec"),
            ("select", "select"), ("images_per_s", "images/s"), ("ms_per_step", "ms/step"),
            ("spread", "spread"), ("vs_dense", "vs dense"), ("mask_pct", "mask %"),
-           ("peer_images_per_s", "peer images/s"), ("vs_peer", "ours/peer"),
+           ("peer_eager_images_per_s", "peer eager"),
+           ("peer_compile_images_per_s", "peer compile"), ("vs_peer", "ours/faster peer"),
            ("step_mem_gib", "step mem GiB"), ("peak_gib", "peak GiB"),
            ("compile_s", "compile s"), ("env", "env")]
 
@@ -320,7 +290,7 @@ def measure_row(args, mesh, mode: str, sel: str, impl: str, method: str) -> dict
                     select=label, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
 
 
-def main(argv=None) -> int:
+def arguments() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--batch", type=int, default=256)
@@ -338,15 +308,26 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--torch-peer", action="store_true")
-    ap.add_argument("--peer-path", default=DEFAULT_PEER)
+    ap.add_argument("--torch-peer", action="store_true",
+                    help="also time torch_peer.py, eager and with --compile")
+    ap.add_argument("--peer-path", default=peer_runs.DEFAULT_PEER)
     ap.add_argument("--peer-device", default=None, help="cuda | cpu (default: ours)")
     ap.add_argument("--peer-python", default=sys.executable)
     ap.add_argument("--peer-steps", type=int, default=20)
     ap.add_argument("--peer-warmup", type=int, default=5)
-    ap.add_argument("--peer-timeout", type=float, default=300)
+    ap.add_argument("--peer-repeats", type=int, default=5)
+    ap.add_argument("--peer-kinds", default="eager,compile",
+                    help="comma list of the peer's eager|compile runs")
+    ap.add_argument("--peer-timeout", type=float, default=300, help="seconds per peer run")
     ap.add_argument("--json", default=None, help="append the rows as JSON lines to this file")
+    ap.add_argument("--results", default=results_log.default_path("train_step"),
+                    help="append the rows, with date, hardware and versions, here ('' = no)")
     ap.add_argument("--markdown", default=None, help="write the table to this file")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = arguments()
     args = ap.parse_args(argv)
 
     selects = [s.strip() for s in args.select.split(",") if s.strip()]
@@ -372,8 +353,13 @@ def main(argv=None) -> int:
         if precision == "auto":
             precision = "bfloat16" if shutil.which("nvidia-smi") else "float32"
         device = args.peer_device or ("cuda" if shutil.which("nvidia-smi") else "cpu")
-        peer = run_peer(args.model, args.batch, precision, device, args.peer_path,
-                        args.peer_steps, args.peer_warmup, args.peer_python, args.peer_timeout)
+        kinds = tuple(k.strip() for k in args.peer_kinds.split(",") if k.strip())
+        for kind in kinds:
+            if kind not in peer_runs.KINDS:
+                ap.error(f"--peer-kinds {kind!r}: choose from {', '.join(peer_runs.KINDS)}")
+        peer = peer_runs.run_peers(args.model, args.batch, precision, device, args.peer_path,
+                                   args.peer_steps, args.peer_warmup, args.peer_python,
+                                   args.peer_timeout, repeats=args.peer_repeats, kinds=kinds)
         print(json.dumps(dict(peer=peer)), flush=True)
     mesh = parallel.make_mesh(jax.devices()[:1])  # one device: per-chip throughput
     print(f"# {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}",
@@ -382,16 +368,13 @@ def main(argv=None) -> int:
     for mode, sel, impl, method in plan:
         row = measure_row(args, mesh, mode, sel, impl, method)
         if peer is not None:
-            row["peer_status"] = peer["status"]
-            row["peer_images_per_s"] = (peer["images_per_s"] if peer["status"] == "ok"
-                                        else peer["status"])  # report | failed | timeout ...
-            if peer.get("note"):
-                row["peer_note"] = peer["note"]
+            row.update(peer_runs.row_fields(peer))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if args.json:  # at once: a later row may be killed by a time limit
-            with open(args.json, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        # At once: a later row may be killed by a time limit.
+        results_log.append(args.json, row)
+        results_log.append(args.results, dict(row, **results_log.stamp(
+            jax=jax.__version__, accelerator=jax.devices()[0].device_kind)))
     add_ratios(rows)
     table = markdown_table(rows)
     print(table, flush=True)

@@ -1,4 +1,4 @@
-"""Plots of runs and sweeps (needs matplotlib: `pip install mpt_jax[plot]`).
+"""Plots of runs and sweeps (needs matplotlib: `pip install -e ".[plot]"` in the checkout).
 
     # training curves of one or more runs (reads <workdir>/metrics.jsonl)
     python experiments/plot.py curves runs/cifar10_conv2 runs/cifar10_conv4 --out curves.png

@@ -3,6 +3,7 @@ parsing a fresh command line (also in a notebook that calls them twice), one-lin
 errors, ``--help`` with every config field, and the command that resumes a stopped run."""
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shlex
@@ -136,18 +137,34 @@ def flag_error_message(error: Exception, argv) -> str:
                            text.split("Traceback", 1)[-1])
         return f"cannot load the config of {given}: {found[-1] if found else text}"
     if isinstance(error, (KeyError, AttributeError)):
-        # ml_collections: "'key'\nDid you mean "other" instead of "key"?" (KeyError adds repr).
-        raw = error.args[0] if error.args else text
-        while isinstance(raw, BaseException):  # AttributeError(KeyError(...))
-            raw = raw.args[0] if raw.args else ""
-        raw = str(raw)
-        first, _, hint = raw.partition("\n")
-        key = first.strip("\"' ").split(".")[-1]
-        arg = next((a for a in argv if a.startswith("--config.") and key in a.split("=")[0]), key)
-        hint = f"; {one_line(hint)}" if hint.strip() else ""
-        return (f"unknown config field in {arg!r}: the config has no field {key!r}{hint} "
-                "(--help lists the fields)")
+        return unknown_field_message(error, argv, given)
     return text
+
+
+def unknown_field_message(error: Exception, argv, given: str) -> str:
+    """``unknown config field 'lerning_rate'; did you mean 'learning_rate'? (python -m
+    mpt_jax.main --config=... --help lists the fields)``: the field as the user typed it,
+    ml_collections' suggestion (else the closest field of the table) and how to list them."""
+    # ml_collections: "'key'\nDid you mean "other" instead of "key"?" (KeyError adds repr).
+    raw = error.args[0] if error.args else one_line(error)
+    while isinstance(raw, BaseException):  # AttributeError(KeyError(...))
+        raw = raw.args[0] if raw.args else ""
+    first, _, hint = str(raw).partition("\n")
+    key = first.strip("\"' ").split(".")[-1]
+    typed = next((a.split("=")[0][len("--config."):] for a in argv
+                  if a.startswith("--config.") and key in a.split("=")[0]), key)
+    suggested = re.search(r'Did you mean "([^"]+)"', hint)
+    if suggested:
+        suggestion = suggested.group(1)
+    else:
+        close = difflib.get_close_matches(key, list(config_fields.BY_NAME), n=1)
+        suggestion = close[0] if close and "." not in typed else None
+    parent = typed.rpartition(".")[0]
+    message = f"unknown config field {typed!r}"
+    if suggestion:
+        message += f"; did you mean {(parent + '.' if parent else '') + suggestion!r}?"
+    config_arg = f"{given} " if given != "--config" else ""
+    return f"{message} (python -m mpt_jax.main {config_arg}--help lists the fields)"
 
 
 def parse_command_line(flag_values, argv, config_default: str | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import time
 
 import jax
 
@@ -40,14 +41,31 @@ class CompiledAhead:
     A call waits for the compilation if it is not done; if it failed, or the compiled
     executable does not accept the arguments (other shapes or shardings), the call goes
     through the jitted function, which compiles (and reports any error) as usual.
+    ``compile_seconds``: how long the background compilation took (None until it ended).
     """
 
     def __init__(self, jitted, *shapes):
         self._jitted = jitted
         self._compiled = None
+        self.compile_seconds = None
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")
-        self._future = pool.submit(lambda: jitted.lower(*shapes).compile())
+        self._future = pool.submit(self._compile, jitted, shapes)
         pool.shutdown(wait=False)
+
+    def _compile(self, jitted, shapes):
+        start = time.perf_counter()
+        try:
+            return jitted.lower(*shapes).compile()
+        finally:
+            self.compile_seconds = time.perf_counter() - start
+
+    @property
+    def ready(self) -> bool:
+        """Whether the background compilation has ended and succeeded (a call will not wait)."""
+        future = self._future
+        if future is None:
+            return self._compiled is not None
+        return future.done() and future.exception() is None
 
     @property
     def uses_compiled(self) -> bool:

@@ -109,13 +109,15 @@ FIELDS = (
           "weights; global: one score threshold over all layers", masks.PRUNING),
     Field("prune_ramp_epochs", 10, int, "global pruning with keep_fraction <= 0.5: epochs over "
           "which the kept fraction falls (cubically) from 0.5 to keep_fraction", COUNT),
-    Field("bn_affine", False, bool, "BatchNorm layers get a scale and a shift (1 and 0 at "
-          "init), which stay fixed unless learn_batchnorm or tune_batchnorm trains them; "
-          "False: no scale or shift at all (the paper's MPTs without '+BN')"),
-    Field("learn_batchnorm", False, bool, "the paper's '+BN' runs: train the BatchNorm scale "
-          "and shift together with the scores (implies bn_affine)"),
-    Field("tune_batchnorm", False, bool, "train only the BatchNorm scale and shift, scores "
-          "frozen: fine-tunes a found ticket (implies bn_affine; mode biprop or edgepopup)"),
+    Field("bn_affine", False, bool, "give every BatchNorm layer a scale and a shift applied "
+          "after it normalises (they start at 1 and 0 and change only with learn_batchnorm or "
+          "tune_batchnorm); False, the paper's plain tickets: BatchNorm only normalises"),
+    Field("learn_batchnorm", False, bool, "also train every BatchNorm layer's scale and shift "
+          "while the scores learn (the paper's '+BN' tickets: a little more accurate, and the "
+          "ticket file stores them too); sets bn_affine"),
+    Field("tune_batchnorm", False, bool, "train only every BatchNorm layer's scale and shift; "
+          "the scores, and so the kept weights, stay as they are (their random start in a new "
+          "run); sets bn_affine; needs mode biprop or edgepopup"),
     # Data.
     Field("dataset", "digits", str, "the dataset; mpt_jax/data/registry.py says what each is "
           "and where it is read from", datasets.names(), section=DATA),
@@ -146,7 +148,7 @@ FIELDS = (
     Field("momentum", 0.9, float, "SGD momentum", Range(0.0, 1.0, high_open=True)),
     Field("weight_decay", 1e-4, float, "L2 weight decay added to the gradient (SGD; Adam only "
           "with adam_weight_decay)", Range(0.0, math.inf, high_open=True)),
-    Field("nesterov", False, bool, "Nesterov momentum"),
+    Field("nesterov", False, bool, "use Nesterov momentum with SGD"),
     Field("adam_weight_decay", False, bool, "apply weight_decay with Adam too (the reference's "
           "Adam ignores it)"),
     Field("grad_clip", 0.0, float, "clip every gradient entry to [-grad_clip, grad_clip]; "
@@ -161,12 +163,14 @@ FIELDS = (
           Range(0.0, 1.0, high_open=True)),
     Field("precision", "auto", str, "compute dtype; auto: bfloat16 on GPU/TPU, float32 on CPU "
           "(scores, BatchNorm statistics and optimizer state stay float32)", PRECISIONS),
-    Field("mask_impl", "auto", str, "how the per-layer top-k masks are computed (the same "
-          "kept weights either way): per_layer, inside each layer; batched, for all layers at "
-          "once before the forward pass (see mask_method); auto: batched on GPU, per_layer "
-          "elsewhere", MASK_IMPLS),
-    Field("mask_method", "radix_many", str, "mask_impl=batched only: the top-k search, "
-          "radix_many | compare | compare<D> (D digit bits, 1-8) | compare_bcast | per_layer"),
+    Field("mask_impl", "auto", str, "speed only, same results: where the kept (top-scoring) "
+          "weights of each layer are chosen at every step; per_layer: inside each layer; "
+          "batched: for all layers in one pass before the forward pass (faster on GPUs); auto: "
+          "batched on GPU, per_layer elsewhere", MASK_IMPLS),
+    Field("mask_method", "radix_many", str, "speed only, same results, used when mask_impl is "
+          "batched: the search that finds each layer's top-scoring weights; radix_many, "
+          "compare, compare<D> (D = 1-8 bits per pass), compare_bcast or per_layer "
+          "(benchmarks/select_bench.py times them)"),
     # Run control.
     Field("log_every_steps", 50, int, "log loss and accuracy (console, metrics.jsonl, "
           "TensorBoard) every N steps; an epoch's last interval also takes its remainder",
@@ -181,7 +185,8 @@ FIELDS = (
           "over"),
     Field("stop_if_not_learning", False, bool, "stop a run whose best top-1 is below 2 % "
           "after epoch 2, as the reference"),
-    Field("progress_bar", True, bool, "a console progress bar with images/s and ETA"),
+    Field("progress_bar", True, bool, "a console progress bar with images/s and the time "
+          "left in the epoch and in the run"),
     # Per-mode presets.
     Field("baseline_hparams", _baseline_defaults, dict, "replacements of the fields above "
           "for mode dense / edgepopup / binary_trained (a field set on the command line wins)",

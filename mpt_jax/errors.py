@@ -3,7 +3,8 @@
 ``main`` prints ``error: <message>`` (one line, no traceback) and exits with the error's
 ``exit_code``: 2 for bad input (config, data, workdir), 3 when training stopped on a
 non-finite loss or gradient, 4 when a checkpoint could not be written during training, 143 /
-130 when SIGTERM / Ctrl-C stopped the run after saving a checkpoint. Library code raises the
+130 when SIGTERM / Ctrl-C stopped the run after saving a checkpoint (printed without
+``error:``: the user asked for it). Library code raises the
 most specific subclass; ``ConfigError`` and ``DataError`` are also ``ValueError``s so callers
 that only know the "bad input is a ValueError" rule still work. This is the package's only
 error module: ``mpt_jax.data.DataError`` is the ``DataError`` defined here.
@@ -53,10 +54,19 @@ class TrainingError(UserError):
 class Interrupted(TrainingError):
     """SIGTERM / SIGINT stopped the run after a checkpoint was written (exit 143 / 130).
 
-    ``main`` appends the exact command that resumes the run.
+    Not a failure: the message says where the run stopped and ends with how to resume it;
+    ``resume_with(command)`` names the exact command instead (``main`` prints that).
     """
 
     exit_code = 130
+    RERUN = "run the same command again to resume"
+
+    def __init__(self, message: str = "", exit_code: int | None = None):
+        super().__init__(f"{message}; {self.RERUN}", exit_code)
+        self.where = message
+
+    def resume_with(self, command: str) -> str:
+        return f"{self.where}; resume with: {command}"
 
 
 def one_line(message: object) -> str:

@@ -31,10 +31,11 @@ import ml_collections
 import numpy as np
 
 from mpt_jax import checkpoint as ckpt_lib
-from mpt_jax import config_utils, metrics as metrics_lib, ops, optim, parallel, report, train
+from mpt_jax import config_utils, metrics as metrics_lib, ops, optim, parallel, report, stages
+from mpt_jax import train
 from mpt_jax.compilation import CompiledAhead, abstract
 from mpt_jax.errors import DataError, Interrupted, TrainingError, UserError
-from mpt_jax.signals import StopSignal, stop_requested
+from mpt_jax.signals import StopSignal, spoken, stop_requested
 
 NOT_LEARNING_TOP1 = 2.0  # percent: below this after the third epoch, the run is not learning
 
@@ -105,7 +106,7 @@ class RunContext:
     schedule: Callable
     checkpointer: ckpt_lib.Checkpointer
     hooks: Hooks
-    t_start: float
+    clock: stages.Clock  # where the run's wall time goes
     logger: metrics_lib.MetricsLogger | None = None
     bar: metrics_lib.ProgressBar | None = None
     stop: StopSignal | None = None
@@ -123,20 +124,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     selection on the eval split, which ``eval_split`` names). A finished run returns its
     stored result at once. ``hooks``: test-only fault injection (``Hooks``).
     """
-    t_start = time.time()
+    clock = stages.Clock()
     config = config_utils.resolve(config, overridden)
     config_utils.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     hooks = hooks or Hooks()
     checkpointer = ckpt_lib.Checkpointer(workdir, restart=bool(config.restart),
                                          during_save=hooks.during_checkpoint_save)
+    checkpointer.save = clock.timed(checkpointer.save, "checkpoint")
     try:  # until the loop's own try/finally: close orbax on any error (its threads)
         meta = checkpointer.latest_meta()
         stored = _stored_result(config, workdir, meta)
         if stored is not None:
             checkpointer.close()
             return stored
-        ctx, state, run = _prepare(config, workdir, dataset, checkpointer, meta, hooks, t_start)
+        ctx, state, run = _prepare(config, workdir, dataset, checkpointer, meta, hooks, clock)
     except BaseException:
         checkpointer.close()
         raise
@@ -153,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
         bar.end_epoch()
         logger.close()
         checkpointer.close()
-    return _finish(config, workdir, run)
+    return _finish(config, workdir, run, clock)
 
 
 # ---------------------------------------------------------------------------
@@ -169,23 +171,22 @@ def _stored_result(config, workdir: str, meta: dict | None) -> dict | None:
     limit = config.max_train_steps > 0 and meta.get("global_step", 0) >= config.max_train_steps
     if not (limit or meta.get("epoch", 0) >= config.num_epochs) or not meta.get("result"):
         return None
-    report.finished_before(workdir, meta["epoch"], meta["result"])
-    return meta["result"]
+    return report.finished_before(workdir, meta["epoch"], meta["result"])
 
 
-def _prepare(config, workdir, dataset, checkpointer, meta, hooks, t_start):
+def _prepare(config, workdir, dataset, checkpointer, meta, hooks, clock):
     """(RunContext without logger / bar / stop, the initial or restored state, RunState)."""
     mesh = parallel.make_mesh()
     if dataset is None:
         from mpt_jax import data  # noqa: PLC0415  (data imports heavier deps lazily)
-        dataset = data.get_dataset(config, mesh)
+        dataset = clock.timed(data.get_dataset, "data")(config, mesh)
     spe = int(dataset.steps_per_epoch)
     if spe <= 0:
         raise UserError(f"batch_size={config.batch_size} is larger than the "
                         f"{dataset.num_train} training examples; lower --config.batch_size")
     model = train.create_model(config, dataset.num_classes)
     tx = optim.make_optimizer(config, spe)
-    p_train, p_eval = _parallel_steps(config, model, tx, mesh, dataset)
+    p_train, p_eval = _parallel_steps(config, model, tx, mesh, dataset, clock)
     state = train.create_train_state(config, model, tx, jax.random.PRNGKey(config.seed),
                                      dataset.image_shape)
     state = parallel.replicate(state, mesh)
@@ -199,13 +200,13 @@ def _prepare(config, workdir, dataset, checkpointer, meta, hooks, t_start):
     schedule = jax.jit(optim.make_schedule(config, spe))  # host-side lr for the logs
     ctx = RunContext(config=config, workdir=workdir, ds=dataset, mesh=mesh, p_train=p_train,
                      p_eval=p_eval, schedule=schedule, checkpointer=checkpointer, hooks=hooks,
-                     t_start=t_start)
+                     clock=clock)
     return ctx, state, run
 
 
-def _parallel_steps(config, model, tx, mesh, ds):
-    """The jitted steps; with in-memory data both compile in a thread from abstract shapes
-    while this thread initialises (and maybe restores) the state and epoch 1 starts."""
+def _parallel_steps(config, model, tx, mesh, ds, clock):
+    """The jitted steps (first call announced and timed); with in-memory data both compile in
+    a thread from abstract shapes while this thread initialises the state and epoch 1 starts."""
     p_train, p_eval = train.make_parallel_steps(config, model, tx, mesh)
     if hasattr(ds, "train_batch_shapes") and hasattr(ds, "eval_batch_shapes"):
         state_shapes = jax.eval_shape(lambda: train.create_train_state(
@@ -213,7 +214,8 @@ def _parallel_steps(config, model, tx, mesh, ds):
         state_shapes = abstract(state_shapes, parallel.replicated(mesh))
         p_train = CompiledAhead(p_train, state_shapes, ds.train_batch_shapes())
         p_eval = CompiledAhead(p_eval, state_shapes, ds.eval_batch_shapes())
-    return p_train, p_eval
+    return (stages.FirstCallTimed(p_train, "train step", clock, starts_training=True),
+            stages.FirstCallTimed(p_eval, "eval step", clock))
 
 
 def _restore(checkpointer, state, mesh, run: RunState, workdir: str):
@@ -229,8 +231,8 @@ def _restore(checkpointer, state, mesh, run: RunState, workdir: str):
     return state
 
 
-def _finish(config, workdir: str, run: RunState) -> dict:
-    """result.json and the closing lines of a run that ended."""
+def _finish(config, workdir: str, run: RunState, clock: stages.Clock) -> dict:
+    """result.json (with where the wall time went) and the closing lines of a run that ended."""
     if run.result is None:
         raise TrainingError("no training step was run: num_epochs is already reached in this "
                             "workdir; raise --config.num_epochs to train further")
@@ -238,7 +240,7 @@ def _finish(config, workdir: str, run: RunState) -> dict:
     if run.stop_reason == "not_learning":
         note = (f"stopped: best top-1 {run.best['top1']:.2f}% < {NOT_LEARNING_TOP1}% after "
                 f"epoch {run.last_eval['epoch']} (stop_if_not_learning)")
-    report.finished(config, workdir, run.result, note)
+    report.finished(config, workdir, run.result, note, clock.breakdown())
     return run.result
 
 
@@ -366,17 +368,18 @@ def _interrupt(ctx: RunContext, run: RunState, state) -> None:
     if run.pending_best is not None:
         ctx.checkpointer.save(*run.pending_best, best=True, latest=False)
     # Multi-process: a process without the signal stops because another had it.
-    name = ctx.stop.received or "a signal to another process"
+    name = spoken(ctx.stop.received)
     raise Interrupted(
         f"stopped by {name} at epoch {run.epoch + 1}, step {run.step_in_epoch} "
         f"of {run.steps_per_epoch} (global step {run.step}); checkpoint saved: "
-        f"{ctx.checkpointer.describe_latest()}; run the same command again to resume",
+        f"{ctx.checkpointer.describe_latest()}",
         exit_code=130 if ctx.stop.received == "SIGINT" else 143)
 
 
 def _evaluate_and_log(ctx: RunContext, run: RunState, state) -> bool:
     """Evaluates, updates the best top-1 and logs; returns whether this is a new best."""
-    ev = train.evaluate(ctx.p_eval, state, ctx.ds)
+    with ctx.clock.section("evaluation"):
+        ev = train.evaluate(ctx.p_eval, state, ctx.ds)
     finished = run.step_in_epoch >= run.steps_per_epoch
     epoch = run.epoch + 1 if finished else run.epoch  # epochs completed
     run.last_eval = dict(ev, epoch=epoch, split=ctx.ds.eval_split_name)
@@ -410,7 +413,7 @@ def _after_evaluation(ctx: RunContext, run: RunState, state, new_best: bool) -> 
     meta = _meta(config, run)
     if last:
         run.result = meta["result"] = report.run_result(
-            config, ctx.ds, run.best, run.last_eval, step, epoch, time.time() - ctx.t_start,
+            config, ctx.ds, run.best, run.last_eval, step, epoch, ctx.clock.elapsed(),
             run.stop_reason or ("max_train_steps" if limit else None))
     if last or itstime(epoch, config.checkpoint_every_epochs):
         ctx.checkpointer.save(state, meta, best=new_best)

@@ -3,10 +3,11 @@
 ``--config.<field>=<value>`` overrides any config field (``--help`` lists them with their
 values for the given config); rerunning with the same workdir resumes
 (a finished run prints its stored result at once). User errors (bad config, data or workdir)
-print ``error: <one line>`` to stderr and exit with status 2, without a traceback. Exit codes
-(issue 4): 0 done; 2 bad input; 3 non-finite loss / gradients (the last good checkpoint is
+print ``error: <one line>`` to stderr and exit with status 2, without a traceback. Exit
+codes: 0 done; 2 bad input; 3 non-finite loss / gradients (the last good checkpoint is
 kept); 4 a checkpoint could not be written; 143 / 130 stopped by SIGTERM / Ctrl-C after a
-checkpoint was written (the message holds the command that resumes the run).
+checkpoint was written (a plain "stopped by ..." line, not an error, holding the command
+that resumes the run).
 """
 from __future__ import annotations
 
@@ -68,15 +69,17 @@ def run(argv: list[str], hooks=None) -> int:
         config_utils.validate(config)  # before any data or model is touched
         compilation.enable_compilation_cache(config)
         loop.train_and_evaluate(config, workdir, hooks=hooks)
-    except Interrupted as e:
-        return _fail(f"{e}: {resume}", e.exit_code)
+    except Interrupted as e:  # asked for by the user: said plainly, not as an error
+        print(one_line(e.resume_with(resume)), file=sys.stderr, flush=True)
+        return e.exit_code
     except UserError as e:
         return _fail(e, e.exit_code)
     except (KeyboardInterrupt, _Terminated) as e:
-        name, code = ("SIGTERM", 143) if isinstance(e, _Terminated) else ("interrupt", 130)
-        return _fail(f"stopped by {name} before a checkpoint could be written (or by a second "
-                     f"signal); the last complete checkpoint in {workdir} (if any) is intact; "
-                     f"resume with: {resume}", code)
+        name, code = ("SIGTERM", 143) if isinstance(e, _Terminated) else ("Ctrl-C", 130)
+        print(f"stopped by {name} before a checkpoint could be written (or by a second "
+              f"signal); the last complete checkpoint in {workdir} (if any) is intact; "
+              f"resume with: {resume}", file=sys.stderr, flush=True)
+        return code
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)

@@ -215,7 +215,8 @@ def _fmt_time(seconds: float) -> str:
 
 
 class ProgressBar:
-    """One line per epoch: ``epoch e/E [#####.....] step/steps loss acc img/s ETA``.
+    """One line per epoch: ``epoch e/E [#####.....] step/steps loss acc img/s, epoch ETA
+    mm:ss, run ETA mm:ss`` (time left in this epoch and in the whole run).
 
     On a TTY the line is redrawn in place; otherwise every ``update`` prints a plain line.
     """
@@ -242,7 +243,8 @@ class ProgressBar:
         filled = int(round(frac * self.width))
         line = (f"epoch {epoch + 1}/{self.num_epochs} [{'#' * filled}{'.' * (self.width - filled)}] "
                 f"{step}/{self.steps} loss {loss:.4f} acc {100 * acc:.2f}% "
-                f"{images_per_s:,.0f} img/s ETA {_fmt_time(eta)} (run {_fmt_time(run_eta)})")
+                f"{images_per_s:,.0f} img/s, epoch ETA {_fmt_time(eta)}, "
+                f"run ETA {_fmt_time(run_eta)}")
         if self.tty:
             self.stream.write("\r\033[K" + line)
             self._open = True

@@ -1,5 +1,6 @@
 """What a run tells its user: the header of a new run, the result record (``result.json``,
-written atomically), the final console line and the found ticket's table.
+written atomically), where the wall time went, the final console line and the found
+ticket's table.
 
 Console output goes through ``echo``: only process 0 of a multi-process run prints.
 """
@@ -11,13 +12,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from mpt_jax import metrics as metrics_lib, optim, train
-
-
-def echo(*args, **kwargs) -> None:
-    """``print`` on process 0 only, flushed (the log of a long run is read while it runs)."""
-    if jax.process_index() == 0:
-        print(*args, **kwargs, flush=True)
+from mpt_jax import metrics as metrics_lib, optim, stages, train
+from mpt_jax.stages import echo  # noqa: F401  (report.echo: the loop's console output)
 
 
 def devices() -> str:
@@ -76,9 +72,13 @@ def result_line(result: dict) -> str:
             f" / {result['global_step']} steps")
 
 
-def finished(config, workdir: str, result: dict, note: str | None = None) -> None:
-    """The end of a run: result.json, ``note`` (why it stopped early), the ticket's table
-    and the final line."""
+def finished(config, workdir: str, result: dict, note: str | None = None,
+             time_breakdown: dict | None = None) -> None:
+    """The end of a run: result.json, ``note`` (why it stopped early), the ticket's table,
+    where the wall time went (``stages.Clock.breakdown``, also stored in ``result`` as
+    ``time_breakdown``) and the final line."""
+    if time_breakdown is not None:
+        result["time_breakdown"] = time_breakdown
     if jax.process_index() == 0:
         write_result(workdir, result)
     if note:
@@ -87,16 +87,33 @@ def finished(config, workdir: str, result: dict, note: str | None = None) -> Non
     # would wait in orbax's cross-process barriers for processes that have already exited.
     if jax.process_count() == 1 and config.mode in ("biprop", "edgepopup"):
         print_ticket_summary(workdir)
+    if time_breakdown is not None:
+        echo(stages.breakdown_line(time_breakdown))
     echo(result_line(result))
 
 
-def finished_before(workdir: str, epoch: int, result: dict) -> None:
-    """A rerun of a finished run: its stored result (and result.json, in case the run was
-    killed between its last checkpoint and writing that file)."""
+def finished_before(workdir: str, epoch: int, result: dict) -> dict:
+    """A rerun of a finished run: prints its stored result and returns it, with the time
+    breakdown of an existing result.json (only the run itself could measure it); writes
+    result.json in case the run was killed between its last checkpoint and that file."""
     echo(f"run in {workdir} is complete (epoch {epoch}); stored result:")
     echo(result_line(result))
+    result = dict(result, **_stored_breakdown(workdir, result))
     if jax.process_index() == 0:
         write_result(workdir, result)
+    return result
+
+
+def _stored_breakdown(workdir: str, result: dict) -> dict:
+    """{"time_breakdown": ...} of the workdir's result.json for this result, else {}."""
+    try:
+        with open(os.path.join(workdir, "result.json")) as f:
+            stored = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    same = stored.get("global_step") == result.get("global_step")
+    return {"time_breakdown": stored["time_breakdown"]} if (
+        same and "time_breakdown" in stored) else {}
 
 
 def print_ticket_summary(workdir: str) -> None:

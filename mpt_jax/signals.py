@@ -38,6 +38,14 @@ class StopSignal:
             signal.signal(sig, old)
 
 
+def spoken(name: str | None) -> str:
+    """How messages name a received signal: "Ctrl-C" for SIGINT (what the user pressed),
+    the signal's name otherwise; None: another process of the run received it."""
+    if name is None:
+        return "a signal to another process"
+    return "Ctrl-C" if name == "SIGINT" else name
+
+
 def stop_requested(stop: StopSignal, sync_point: bool) -> bool:
     """Single process: a signal stops the run after any step. Multi-process: the processes
     agree at sync points (a collective), so that all of them stop after the same step."""

@@ -76,8 +76,9 @@ CONFIG_CASES = {
                                                    "devices", "multiple of 8"]),
     "warmup": (["--config.warmup_epochs=5", "--config.num_epochs=2"],
                ["warmup_epochs=5 must be smaller than num_epochs=2"]),
-    "unknown_key": (["--config.learning_rat=0.1"], ["unknown config field",
-                                                    "--config.learning_rat=0.1"]),
+    "unknown_key": (["--config.learning_rat=0.1"], [
+        "unknown config field 'learning_rat'; did you mean 'learning_rate'? (python -m "
+        "mpt_jax.main --config=configs/smoke.py --help lists the fields)"]),
     "bad_type": (["--config.num_epochs=many"], ["many"]),
 }
 DATA_CASES = ("empty_class", "corrupt", "truncated", "not_image_folder", "missing")

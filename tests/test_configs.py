@@ -233,7 +233,11 @@ def test_unknown_model_option_fails_clearly():
 def test_command_line_errors_are_one_line_exit_2(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     for args, pattern in [
-        (["--config.no_such_field=1"], r"^error: unknown config field in '--config.no_such_field=1'"),
+        (["--config.no_such_field=1"], r"^error: unknown config field 'no_such_field' \(python "
+                                       r"-m mpt_jax.main --config=configs/smoke.py --help"),
+        (["--config.lerning_rate=0.1"], r"^error: unknown config field 'lerning_rate'; did you "
+                                        r"mean 'learning_rate'\? \(python -m mpt_jax.main "
+                                        r"--config=configs/smoke.py --help lists the fields\)$"),
         (["--config.keep_fraction=1.5"], r"^error: keep_fraction must be in \(0, 1\]"),
         (["--config=configs/missing.py"], r"^error: cannot load the config file"),
     ]:
@@ -274,7 +278,7 @@ def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
     assert run("--config.max_train_steps=3") == 0
     assert run("--workdir=b", "--config.num_epochs=1", "--config.seed=4") == 0
     assert run("--workdir=c", "--config.bogus=1") == 2
-    assert "unknown config field in '--config.bogus=1'" in capsys.readouterr().err
+    assert "unknown config field 'bogus' (python -m mpt_jax.main" in capsys.readouterr().err
     a, default, b = result("a"), result(os.path.join("runs", "smoke")), result("b")
     assert (a["epochs_completed"], a["global_step"], a["seed"]) == (1, 22, 0)
     assert (default["global_step"], default["seed"]) == (3, 0)  # no --workdir: the default
@@ -321,6 +325,35 @@ def test_help_lists_flags_and_config_fields(tmp_path, monkeypatch, capsys):
     assert main.run(["m", "-h"]) == 0
     assert "  --config.num_epochs=10\n" in capsys.readouterr().out  # configs/default.py
     assert os.listdir(tmp_path) == []
+
+
+def test_help_of_a_real_config_explains_every_field_in_plain_words():
+    """``python -m mpt_jax.main --config=configs/cifar10_resnet18.py --help``: every field has
+    a one-line meaning, and the fields a new user cannot guess say what they do in words
+    (what BatchNorm's scale and shift are for; that the mask settings change speed only)."""
+    proc = subprocess.run([sys.executable, "-m", "mpt_jax.main",
+                           "--config=configs/cifar10_resnet18.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    meaning = {}
+    for i, line in enumerate(lines):
+        match = re.match(r"  --config\.(\w+)[=.]", line)
+        if match and match.group(1) not in meaning:
+            after = next(t for t in lines[i:] if not t.startswith("  --config."))
+            meaning[match.group(1)] = after.strip()
+    assert sorted(meaning) == sorted(f.name for f in config_fields.FIELDS)
+    for name, text in meaning.items():
+        assert len(text.split()) >= 3 and text != "not a field of mpt_jax", (name, text)
+    for name in ("bn_affine", "learn_batchnorm", "tune_batchnorm"):
+        assert "scale and a shift" in meaning[name] or "scale and shift" in meaning[name]
+    assert "after it normalises" in meaning["bn_affine"]
+    assert "while the scores learn" in meaning["learn_batchnorm"]
+    assert "stay as they are" in meaning["tune_batchnorm"]
+    for name in ("mask_impl", "mask_method"):
+        assert meaning[name].startswith("speed only, same results"), meaning[name]
+    assert "top-scoring weights" in meaning["mask_method"]
 
 
 def test_help_into_a_closed_pipe_is_not_an_error(run_into_closed_pipe):

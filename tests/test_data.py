@@ -363,9 +363,10 @@ def test_tfds_missing_gives_install_hint(monkeypatch, mesh8):
     # (tests/test_tfds.py hides tensorflow itself where it is installed).
     missing = "tensorflow_datasets"
     monkeypatch.setitem(sys.modules, missing, None)
-    with pytest.raises(DataError, match=r"pip install mpt_jax\[tf\].*data_dir"):
+    with pytest.raises(DataError, match=r'pip install -e "\.\[tf\]"` in the mpt_jax checkout.*'
+                                        r'data_dir'):
         data.get_dataset(make_config(dataset="cifar10"), mesh8)
-    with pytest.raises(DataError, match=rf"{missing} is not installed.*pip install mpt_jax\[tf\]"):
+    with pytest.raises(DataError, match=rf'{missing} is not installed.*pip install -e "\.\[tf\]"'):
         data.get_dataset(make_config(dataset="imagenet2012", batch_size=8, eval_batch_size=8), mesh8)
 
 
@@ -463,3 +464,4 @@ def test_shared_cifar10_archive(tmp_path):
     np.testing.assert_allclose(np.asarray(batch["image"][0]), (ref / 255.0 - CIFAR_MEAN) / CIFAR_STD,
                                atol=1e-5)
     assert next(ds.train_batches(0))["image"].shape == (128, 32, 32, 3)
+

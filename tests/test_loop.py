@@ -112,7 +112,8 @@ def test_sigterm_after_a_step_saves_it_and_the_rerun_ends_like_an_uninterrupted_
     assert str(e.value).startswith(f"stopped by SIGTERM at {where}; checkpoint saved: ")
     assert checkpoint.load_for_inference(workdir)["metrics"]["step"] == stop_at
     resumed = loop.train_and_evaluate(tiny_config(), workdir, dataset=ds)
-    assert resumed == dict(straight, wall_seconds=resumed["wall_seconds"])
+    assert resumed == dict(straight, wall_seconds=resumed["wall_seconds"],
+                           time_breakdown=resumed["time_breakdown"])
     a = checkpoint.load_for_inference(str(tmp_path / "straight"))
     b = checkpoint.load_for_inference(workdir)
     chex.assert_trees_all_equal(a["params"], b["params"])

@@ -5,8 +5,11 @@ module's private names."""
 import ast
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHECK = """
 import sys
@@ -304,3 +307,22 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                 if len(component) > 1 or node in graph.get(node, ()):
                     found.append(sorted(component))
     return sorted(found)
+
+
+def test_install_hints_name_the_checkout_not_pypi():
+    """mpt_jax is not on PyPI: every hint installs an extra from the checkout
+    (``pip install -e ".[tf]"``), never the PyPI form (the package name with the extra)."""
+    pypi_form = "mpt_jax" + "["  # split: this file is searched too
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert "mpt_jax/data/sources.py" in files
+    found = []
+    for name in files:
+        try:
+            with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+                text = f.read()
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+            continue  # binary files (figures, tickets); files deleted in the work tree
+        found += [f"{name}:{i + 1}" for i, line in enumerate(text.splitlines())
+                  if pypi_form in line]
+    assert not found, found

@@ -8,7 +8,12 @@
     references for the centre crop, the random-resized-crop bounds, the flip and the image/label
     pairing, with tolerances for JPEG and uint8 rounding.
   * a two-step train_and_evaluate on the mocked imagenet2012 from configs/imagenet_wrn50.py.
-  * the one-line errors when the data is missing (no mock).
+  * the one-line errors when the data is missing (no mock); tests/test_tfds_offline.py: within
+    seconds without network.
+
+No test here reaches the network: the download host probe answers "reachable" for the
+mocked datasets (whose download tfds' mock replaces), and the offline tests make every
+connection fail.
 
 These need TensorFlow (`pip install -e ".[test,tf]"`; CI must install the tf extra). Without it the
 whole file is skipped, with the reason in pytest's -ra summary.
@@ -34,7 +39,7 @@ tfds = pytest.importorskip(
 from PIL import Image  # noqa: E402
 
 from mpt_jax import data  # noqa: E402
-from mpt_jax.data import imagenet  # noqa: E402
+from mpt_jax.data import imagenet, sources  # noqa: E402
 from mpt_jax.errors import DataError, DataNotFoundError  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -45,6 +50,15 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 N_CIFAR = 40  # mock examples per split (tfds' mock yields the same examples for every split)
 N_IMAGENET = 20
 JPEG_TOL = 3.0  # uint8 levels: JPEG (q=95, 4:4:4) + the pipeline's uint8 rounding
+
+
+@pytest.fixture(scope="module", autouse=True)
+def download_host_answers():
+    """The mocked datasets are never prepared on disk: without this, loading them would
+    probe their real download host first."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sources, "can_reach", lambda *args, **kwargs: True)
+        yield
 
 
 def make_config(**kw):
@@ -489,5 +503,5 @@ def test_install_hint_when_tensorflow_is_missing(monkeypatch, mesh8):
     # tests/test_data.py hides tensorflow_datasets; here tfds is importable, so the message
     # must name tensorflow itself.
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` raises ImportError
-    with pytest.raises(DataError, match=r"tensorflow is not installed.*pip install mpt_jax\[tf\]"):
+    with pytest.raises(DataError, match=r'tensorflow is not installed.*pip install -e "\.\[tf\]"'):
         data.get_dataset(imagenet_config(""), mesh8)

@@ -99,6 +99,48 @@ def test_export_from_run_and_evaluate(mlp_run, tmp_path, monkeypatch, capsys):
     assert result == dict(accuracy=100.0, examples=5)
 
 
+def test_evaluate_compares_with_the_checkpoint_the_ticket_came_from(mlp_run, tmp_path,
+                                                                    monkeypatch, capsys):
+    """A ticket of the best checkpoint is compared with the best checkpoint (not the latest,
+    whose network differs), and the printed line says what the number means."""
+    import ml_collections
+
+    from mpt_jax import checkpoint
+
+    name, opts, shape, key, variables = mlp_run
+    config = ml_collections.ConfigDict(dict(
+        model=name, model_options=dict(hidden=(48, 32)), mode="biprop", keep_fraction=KEEP,
+        weight_init="kaiming_normal", fan_mode="fan_in", scale_fan="none", pruning="layerwise",
+        bn_affine=False, dataset="digits", seed=3, batch_size=64, eval_batch_size=64))
+    best = dict(params=variables["params"], frozen=variables["frozen"],
+                batch_stats=variables["batch_stats"], pruning={}, config=config,
+                metrics=dict(accuracy=91.0, keep_fraction=KEEP))
+    # The latest checkpoint: later scores, so other kept weights and other logits.
+    later = jax.tree.map(lambda s: jax.random.normal(jax.random.key(9), s.shape, s.dtype),
+                         variables["params"])
+    runs = dict(best=best, latest=dict(best, params=later, metrics=dict(accuracy=80.0)))
+    monkeypatch.setattr(checkpoint, "load_for_inference",
+                        lambda workdir, which="latest": runs[which])
+    out = tmp_path / "best.mptk"
+    assert T.main(["ticket", "export", f"--workdir={tmp_path}", f"--out={out}",
+                   "--which=best"]) == 0
+    capsys.readouterr()
+    assert T.main(["ticket", "evaluate", f"--ticket={out}", f"--workdir={tmp_path}"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("largest |logit difference| between this ticket and the run's best "
+                           "checkpoint (the one this ticket was exported from), on 64 eval "
+                           "images: "), line
+    assert float(line.split("images: ")[1].split(" ")[0]) <= 1e-5
+    assert "(0: the ticket computes exactly the trained network" in line
+    # Asked for the latest explicitly: compared with it, and told why it differs.
+    assert T.main(["ticket", "evaluate", f"--ticket={out}", f"--workdir={tmp_path}",
+                   "--which=latest"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "run's latest checkpoint (this ticket was exported from the best checkpoint: a " \
+           "difference is expected)" in line
+    assert float(line.split("images: ")[1].split(" ")[0]) > 1e-2
+
+
 @pytest.mark.slow
 def test_real_run_export_and_evaluate(tmp_path, capsys):
     """train -> export (mode seed: the run's init key must regenerate W) -> evaluate gives
@@ -123,7 +165,8 @@ def test_real_run_export_and_evaluate(tmp_path, capsys):
     assert T.main(["ticket", "evaluate", f"--ticket={out}", f"--workdir={workdir}"]) == 0
     printed = capsys.readouterr().out
     assert f"top-1 {result['final_top1']:.2f}%" in printed
-    assert "vs the training-time model on one batch: 0\n" in printed
+    assert "the run's latest checkpoint (the one this ticket was exported from), on " in printed
+    assert " eval images: 0 (0: the ticket computes exactly the trained network" in printed
     ticket = T.load_ticket(out)
     n = prunable_weight_count(ticket)
     data = out.read_bytes()

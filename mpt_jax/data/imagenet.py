@@ -121,6 +121,14 @@ def random_resized_crop(tf, image_bytes, seed):
     return _to_uint8(tf, image)
 
 
+def train_image(tf, image_bytes, seed):
+    """The training augmentation of one encoded JPEG: ``random_resized_crop`` and a horizontal
+    flip, each with its own half of ``seed`` (benchmarks/input_pipeline.py times this)."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = random_resized_crop(tf, image_bytes, crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+
 def resize_center_crop(tf, image_bytes):
     """Resize the shorter side to 256 (bilinear, antialiased), then centre crop 224."""
     image = tf.io.decode_jpeg(image_bytes, channels=3, dct_method=DCT_METHOD)
@@ -191,10 +199,8 @@ class ImageNetDataset:
 
         def preprocess(index, example):
             seed = tf.stack([tf.constant(epoch_seed, tf.int64), index * processes + host])
-            crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
             if self.augment:
-                image = random_resized_crop(tf, example["image"], crop_seed)
-                image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+                image = train_image(tf, example["image"], seed)
             else:
                 image = resize_center_crop(tf, example["image"])
             return dict(image=image, label=tf.cast(example["label"], tf.int32))

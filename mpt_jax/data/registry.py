@@ -61,6 +61,8 @@ class DatasetInfo:
       class_names: the label order, where it is fixed; an image folder read for this dataset
         must hold exactly these classes (sorted folder names) at ``image_shape``.
       tfds_name: the tensorflow-datasets name, where tfds has the dataset.
+      download_host: the host tensorflow-datasets downloads it from; before a download it is
+        probed with a short timeout, so that a machine without network fails in seconds.
       load: embedded data: a function returning its ``sources.ArraySource`` (no files).
       streamed: too large for memory: read through tf.data from tfds, never decoded whole.
       folder: may be read from an image-folder tree or archive given as ``data_dir``.
@@ -77,6 +79,7 @@ class DatasetInfo:
     eval_split: str
     class_names: Optional[tuple[str, ...]] = None
     tfds_name: Optional[str] = None
+    download_host: Optional[str] = None
     load: Optional[Callable[[], sources.ArraySource]] = None
     streamed: bool = False
     folder: bool = False
@@ -101,13 +104,15 @@ _ENTRIES = (
         image_shape=(32, 32, 3), num_classes=10,
         class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                      "ship", "truck"),
-        eval_split=_TEST_OR_HOLDOUT, tfds_name="cifar10", folder=True,
+        eval_split=_TEST_OR_HOLDOUT, tfds_name="cifar10", download_host="www.cs.toronto.edu",
+        folder=True,
         mean=CIFAR10_MEAN, std=CIFAR10_STD, augment_policy="pad_crop_flip"),
     DatasetInfo(
         name="mnist", title="MNIST",
         summary="MNIST, 28x28 grayscale digits: tensorflow-datasets, or an image folder",
         image_shape=(28, 28, 1), num_classes=10, eval_split=_TEST_OR_HOLDOUT,
-        tfds_name="mnist", folder=True, mean=MNIST_MEAN, std=MNIST_STD),
+        tfds_name="mnist", download_host="storage.googleapis.com", folder=True,
+        mean=MNIST_MEAN, std=MNIST_STD),
     DatasetInfo(
         name="imagenet2012", title="ImageNet (ILSVRC 2012)",
         summary="ImageNet ILSVRC 2012 through tensorflow-datasets and tf.data; data_dir is the "

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from typing import Optional
 
 import numpy as np
 
 from mpt_jax.errors import DataError, DataNotFoundError
+from mpt_jax.stages import stage
 
 # Fraction of each digits class held out for evaluation (the last images of every class).
 DIGITS_HOLDOUT_FRACTION = 0.2
@@ -110,7 +115,9 @@ def load_digits() -> ArraySource:
         mean=mean, std=std, augment_policy="none")
 
 
-TFDS_INSTALL_HINT = ("install TensorFlow Datasets with `pip install mpt_jax[tf]`, or set "
+# mpt_jax is installed from its checkout (it is not on PyPI): extras are `-e ".[tf]"` there.
+TFDS_INSTALL_HINT = ("install TensorFlow Datasets with `pip install -e \".[tf]\"` in the "
+                     "mpt_jax checkout, or set "
                      "--config.data_dir to an image-folder tree or .tar(.gz) archive "
                      "(e.g. ../shared/data/cifar10_train_jpeg.tar.gz)")
 
@@ -156,20 +163,62 @@ def download_failed(name: str, data_dir, error: Exception) -> DataError:
         f"tree or .tar(.gz) archive (e.g. ../shared/data/cifar10_train_jpeg.tar.gz)")
 
 
+# Seconds a download host has to accept a connection before the machine counts as offline.
+PROBE_TIMEOUT_S = 3.0
+
+
+def can_reach(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``host`` (or to the HTTPS proxy, if one is set) opens
+    within ``timeout`` seconds, name lookup included (in a thread: a lookup without a
+    reachable name server ignores socket timeouts)."""
+    proxy = urllib.request.getproxies().get("https")
+    if proxy:
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = parts.hostname, parts.port or 80
+    opened = []
+
+    def connect():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                opened.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=connect, name="network_probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(opened)
+
+
+def prepare_tfds(builder, info) -> None:
+    """Makes sure the tfds copy of dataset ``info`` is on disk: nothing to do when the data
+    dir holds it prepared; otherwise download and prepare it, once its download host was
+    seen to answer (without network, tfds retries for minutes before it fails)."""
+    if builder.is_prepared():
+        return
+    if info.download_host and not can_reach(info.download_host):
+        raise download_failed(info.name, builder.data_dir, OSError(
+            f"cannot connect to {info.download_host} within {PROBE_TIMEOUT_S:g} s: no network?"))
+    with stage(f"downloading and preparing {info.name} with tensorflow-datasets into "
+               f"{builder.data_dir}"):
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # pylint: disable=broad-except  (requests.ConnectionError, ...)
+            raise download_failed(info.name, builder.data_dir, e) from e
+
+
 def load_tfds_arrays(info, data_dir: Optional[str] = None) -> ArraySource:
     """The train and test splits of a tensorflow-datasets dataset as numpy arrays.
 
-    ``info`` is the dataset's registry entry (its tfds name, normalisation and augmentation);
-    the tfds test split is the eval split.
+    ``info`` is the dataset's registry entry (its tfds name, download host, normalisation
+    and augmentation); the tfds test split is the eval split.
     """
     tfds = import_tfds()
     builder = tfds.builder(info.tfds_name,
                            data_dir=os.path.expanduser(data_dir) if data_dir else None)
-    try:
-        builder.download_and_prepare()  # a no-op when the prepared copy exists
-    except Exception as e:  # pylint: disable=broad-except  (offline: requests.ConnectionError, ...)
-        raise download_failed(info.name, builder.data_dir, e) from e
-    splits = {split: _read_split(tfds, builder, split) for split in ("train", "test")}
+    prepare_tfds(builder, info)
+    with stage(f"reading {info.name} from tensorflow-datasets ({builder.data_dir})"):
+        splits = {split: _read_split(tfds, builder, split) for split in ("train", "test")}
     class_names = tuple(builder.info.features["label"].names)
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
     return ArraySource(name=info.name, class_names=class_names, train_images=train_x,

@@ -1,7 +1,8 @@
 """``python -m mpt_jax.ticket COMMAND [flags]``: export, evaluate, summary, import-torch.
 
 ``export --workdir --out [--which] [--mode=seed|signs] [--bn_dtype]``,
-``evaluate --ticket [--config] [--workdir]``, ``summary --ticket|--workdir [--json]``,
+``evaluate --ticket [--config] [--workdir [--which]]`` (compares with the checkpoint the ticket
+was exported from),, ``summary --ticket|--workdir [--json]``,
 ``import-torch --checkpoint --model --keep_fraction --out [--model_options]``. Exit status 0
 on success, 2 (with a one-line ``error: ...`` on stderr) for a bad request or ticket.
 """
@@ -25,7 +26,7 @@ from mpt_jax.ticket.summary import summary, summary_table
 
 USAGE = """usage: python -m mpt_jax.ticket COMMAND [flags]
   export        --workdir=RUN --out=FILE [--which=latest|best] [--mode=seed|signs]
-  evaluate      --ticket=FILE [--config=configs/X.py] [--workdir=RUN]
+  evaluate      --ticket=FILE [--config=configs/X.py] [--workdir=RUN [--which=latest|best]]
   summary       --ticket=FILE | --workdir=RUN   [--json]
   import-torch  --checkpoint=model_best.pth --model=NAME --keep_fraction=K --out=FILE"""
 
@@ -44,7 +45,8 @@ def _define_flags() -> flags.FlagValues:
                                     lock_config=False)
     flags.DEFINE_string("workdir", None, "Training run directory (export; evaluate/summary "
                         "compare with it).", flag_values=F)
-    flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint of the run.",
+    flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint of the run "
+                      "(evaluate: by default the one the ticket was exported from).",
                       flag_values=F)
     flags.DEFINE_string("out", None, "Output ticket file (export, import-torch).", flag_values=F)
     flags.DEFINE_string("ticket", None, "Ticket file (evaluate, summary).", flag_values=F)
@@ -87,18 +89,42 @@ def _cmd_export(F) -> int:
     return 0
 
 
-def _evaluation_config(F, ticket):
+def _evaluation_config(F, ticket, which: str):
     """The config of the evaluation data: --config, else the run's (--workdir)."""
     config = F.config
     if config is None:
         if not F.workdir:
             raise TicketError("evaluate needs --config=configs/X.py (the evaluation data) "
                               "and/or --workdir=RUN (logit comparison)")
-        config = checkpoint.load_for_inference(F.workdir, F.which)["config"]
+        config = checkpoint.load_for_inference(F.workdir, which)["config"]
     if config.get("model") and config.model != ticket.model:
         raise TicketError(f"ticket is for model {ticket.model!r} but the config asks for "
                           f"{config.model!r}; use the run's config")
     return config
+
+
+def _exported_from(ticket) -> tuple[str | None, str | None]:
+    """(workdir, "latest" | "best") of the run checkpoint a ticket was exported from, as its
+    manifest records them (None for a ticket of elsewhere, e.g. a PyTorch import)."""
+    extra = ticket.info.get("extra") or {}
+    return extra.get("workdir"), extra.get("which")
+
+
+def _comparison_line(F, ticket, which: str, diff: float, count: int) -> str:
+    """What the logit comparison measured, in words, with the number."""
+    workdir, exported = _exported_from(ticket)
+    same_run = workdir is None or os.path.abspath(F.workdir) == os.path.abspath(workdir)
+    if exported == which and same_run:
+        source = " (the one this ticket was exported from)"
+    elif exported is not None:
+        source = (f" (this ticket was exported from the {exported} checkpoint"
+                  f"{'' if same_run else ' of ' + workdir}: a difference is expected)")
+    else:
+        source = ""
+    return (f"largest |logit difference| between this ticket and the run's {which} checkpoint"
+            f"{source}, on {count} eval images: {diff:.3g} (0: the ticket computes exactly "
+            f"the trained network; float rounding gives up to ~1e-5; another checkpoint's "
+            f"network differs by tenths)")
 
 
 def _cmd_evaluate(F) -> int:
@@ -106,7 +132,9 @@ def _cmd_evaluate(F) -> int:
         raise TicketError("evaluate needs --ticket=FILE")
     ticket = ticket_format.load_ticket(F.ticket)
     recorded = ticket.info.get("metrics", {})
-    ds = data.get_dataset(_evaluation_config(F, ticket), parallel.make_mesh())
+    # Compare with the checkpoint the ticket came from, unless --which says otherwise.
+    which = F.which if F["which"].present else (_exported_from(ticket)[1] or F.which)
+    ds = data.get_dataset(_evaluation_config(F, ticket, which), parallel.make_mesh())
     if tuple(ds.image_shape) != tuple(ticket.image_shape):
         raise TicketError(f"ticket expects images {ticket.image_shape}, dataset gives "
                           f"{tuple(ds.image_shape)}")
@@ -118,8 +146,8 @@ def _cmd_evaluate(F) -> int:
     print(line)
     if F.workdir:
         images = next(iter(ds.eval_batches()))["image"]
-        diff = inference.compare_with_run(ticket, F.workdir, F.which, images)
-        print(f"max |logit difference| vs the training-time model on one batch: {diff:.3g}")
+        diff = inference.compare_with_run(ticket, F.workdir, which, images)
+        print(_comparison_line(F, ticket, which, diff, int(images.shape[0])))
     return 0
 
 

@@ -38,7 +38,8 @@ from mpt_jax.models import probe
 from mpt_jax.ticket import freeze
 from mpt_jax.ticket.core import Ticket, TicketError, build_model, flatten_variables
 
-TORCH_HINT = "pip install torch==2.13.0 (CPU) or mpt_jax[torch]"
+TORCH_HINT = ('pip install torch==2.13.0 (CPU), or pip install -e ".[torch]" in the mpt_jax '
+              'checkout')
 IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "wrn50_2", "wrn101_2",
                    "wrn34_2")
 
