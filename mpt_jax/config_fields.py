@@ -165,8 +165,10 @@ FIELDS = (
           "kept weights either way): per_layer, inside each layer; batched, for all layers at "
           "once before the forward pass (see mask_method); auto: batched on GPU, per_layer "
           "elsewhere", MASK_IMPLS),
-    Field("mask_method", "radix_many", str, "mask_impl=batched only: the top-k search, "
-          "radix_many | compare | compare<D> (D digit bits, 1-8) | compare_bcast | per_layer"),
+    Field("mask_method", "radix_many", str, "mask_impl=batched only: the top-k search (the "
+          "same kept weights either way), radix_many | radix_pallas (histograms in a Pallas "
+          "kernel, no atomics) | warm (starts from the previous step's thresholds) | compare "
+          "| compare<D> (D digit bits, 1-8) | compare_bcast | per_layer"),
     # Run control.
     Field("log_every_steps", 50, int, "log loss and accuracy (console, metrics.jsonl, "
           "TensorBoard) every N steps; an epoch's last interval also takes its remainder",
