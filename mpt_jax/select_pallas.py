@@ -77,6 +77,8 @@ class ProgramPlan:
         if layout.block % chunk:
             raise ValueError(f"the layout block ({layout.block}) must be a multiple of the "
                              f"chunk ({chunk})")
+        if chunk * group > 1 << 24:  # a program's float32 counts must stay exact
+            raise ValueError(f"chunk * group must be at most 2^24; got {chunk} * {group}")
         per_block = layout.block // chunk
         start, chunks, layer = [], [], []
         for l, (b0, nb) in enumerate(zip(layout.starts, layout.counts)):

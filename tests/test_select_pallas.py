@@ -111,6 +111,8 @@ def test_layout_block_and_bad_arguments():
         select_pallas.check_digits((16, 15))
     with pytest.raises(ValueError, match="multiple of the chunk"):
         select_pallas.ProgramPlan(select_blocks.BlockLayout([100], 48), chunk=32)
+    with pytest.raises(ValueError, match="at most 2"):
+        select_pallas.ProgramPlan(select_blocks.BlockLayout([100], 64), chunk=64, group=2 ** 18 + 1)
     assert select_many.check_method("radix_pallas") == "radix_pallas"
 
 
