@@ -33,7 +33,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from mpt_jax import masks, select, select_many
+from mpt_jax import masks, select, select_blocks, select_many
 
 SELECTS = ("auto", "sort", "radix", "radix_compare")
 COMPARE_DIGITS = (3, 4, 4, 4, 4, 4, 4, 4)
@@ -195,7 +195,7 @@ def compare_bcast_count(blocked, candidates):
 def _compare_bcast_method(bits: int | None):
     def method(leaves, ks, block):
         d = bits or env_mask_bits() or select_many.DEFAULT_DIGIT_BITS
-        return select_many.blocked_masks(
+        return select_blocks.blocked_masks(
             leaves, ks, block, lambda blocked, layout, k_vec: select_many.compare_select(
                 blocked, layout, k_vec, d, compare_bcast_count))
     return method
@@ -226,7 +226,7 @@ def _radix_many_env(leaves, ks, block):
         found = select.kth_largest_many(values, list(ks), "radix", digits=env_digits(),
                                         copies=env_copies())
         return jnp.stack([select.float_codes(t).astype(jnp.int32) for t in found]), None
-    return select_many.blocked_masks(leaves, ks, block, thresholds)
+    return select_blocks.blocked_masks(leaves, ks, block, thresholds)
 
 
 PER_LEAF = ("sort", "radix", "radix_compare", "noop", "kept_mask")

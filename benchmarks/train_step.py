@@ -192,6 +192,11 @@ def measure(config, mesh, label: str, warmup: int, steps: int, repeats: int) -> 
         jax.block_until_ready((state, metrics))
         times.append((time.perf_counter() - start) / steps)
     med = statistics.median(times)
+    # mask_method "warm": the share of the steps that the band search served (the rest ran
+    # the full search; the first step always does).
+    band = (state.mask_state or {}).get("band_steps")
+    total = warmup + steps * repeats
+    extra = {} if band is None else dict(band_share=round(int(band) / total, 3))
     return dict(model=config.model, mode=config.mode, batch=config.batch_size,
                 precision=str(jnp.dtype(train.compute_dtype(config))),
                 select=label,
@@ -201,7 +206,7 @@ def measure(config, mesh, label: str, warmup: int, steps: int, repeats: int) -> 
                 compile_s=round(compile_s, 1), setup_s=round(t1 - t0, 1),
                 loss_after_warmup=round(loss, 4), finite=bool(np.isfinite(loss)),
                 device=jax.devices()[0].device_kind, backend=jax.default_backend(),
-                jax=jax.__version__, num_devices=len(mesh.devices.reshape(-1)),
+                jax=jax.__version__, num_devices=len(mesh.devices.reshape(-1)), **extra,
                 **({"env": env_tag()} if env_tag() else {}))
 
 
@@ -213,7 +218,8 @@ COLUMNS = [("model", "model"), ("mode", "mode"), ("batch", "batch"), ("precision
            ("spread", "spread"), ("vs_dense", "vs dense"), ("mask_pct", "mask %"),
            ("peer_eager_images_per_s", "peer eager"),
            ("peer_compile_images_per_s", "peer compile"), ("vs_peer", "ours/faster peer"),
-           ("step_mem_gib", "step mem GiB"), ("peak_gib", "peak GiB"),
+           ("band_share", "band share"), ("step_mem_gib", "step mem GiB"),
+           ("peak_gib", "peak GiB"),
            ("compile_s", "compile s"), ("env", "env")]
 
 
@@ -302,7 +308,8 @@ def arguments() -> argparse.ArgumentParser:
                          "one gives the main biprop row")
     ap.add_argument("--mask-method", default="compare",
                     help="comma list of mpt_jax.masks methods for the batched rows: "
-                         "compare|compare<D>|radix_many|per_layer|compare_bcast<D>")
+                         "compare|compare<D>|radix_many|radix_pallas|warm|per_layer|"
+                         "compare_bcast<D>")
     ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--keep-fraction", type=float, default=0.2)
     ap.add_argument("--warmup", type=int, default=3)

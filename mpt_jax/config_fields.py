@@ -168,9 +168,10 @@ FIELDS = (
           "batched: for all layers in one pass before the forward pass (faster on GPUs); auto: "
           "batched on GPU, per_layer elsewhere", MASK_IMPLS),
     Field("mask_method", "radix_many", str, "speed only, same results, used when mask_impl is "
-          "batched: the search that finds each layer's top-scoring weights; radix_many, "
-          "compare, compare<D> (D = 1-8 bits per pass), compare_bcast or per_layer "
-          "(benchmarks/select_bench.py times them)"),
+          "batched: the search for each layer's top-scoring weights; radix_many, "
+          "radix_pallas (histograms in a Pallas kernel, no atomics), warm (starts from the "
+          "previous step's thresholds), compare, compare<D> (D = 1-8 bits per pass) or "
+          "per_layer (benchmarks/select_bench.py times them)"),
     # Run control.
     Field("log_every_steps", 50, int, "log loss and accuracy (console, metrics.jsonl, "
           "TensorBoard) every N steps; an epoch's last interval also takes its remainder",

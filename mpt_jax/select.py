@@ -143,7 +143,7 @@ def digit_plan(widths: Sequence[int]) -> list[tuple[int, int]]:
     return plan
 
 
-def _suffix_counts(hist: Array) -> Array:
+def suffix_counts(hist: Array) -> Array:
     """ge[d] = sum_{d' >= d} hist[d'] along the last axis."""
     return jnp.flip(jnp.cumsum(jnp.flip(hist, -1), axis=-1, dtype=jnp.int32), -1)
 
@@ -156,8 +156,9 @@ def _copies(copies: int | None) -> int:
     return copies
 
 
-def _histogram(index: Array, num_bins: int, copies: int | None) -> Array:
-    """Counts of ``index`` values in [0, num_bins); other values (== num_bins) are dropped."""
+def histogram(index: Array, num_bins: int, copies: int | None = None) -> Array:
+    """Counts of ``index`` values in [0, num_bins) by one scatter-add; other values (e.g.
+    num_bins) are dropped. ``copies``: privatised copies (default 32 on GPU, else 1)."""
     copies = min(_copies(copies), index.shape[0])
     if copies > 1:
         lane = jax.lax.broadcasted_iota(jnp.int32, index.shape, 0) % copies
@@ -172,7 +173,7 @@ def scatter_counts(copies: int | None = None) -> Callable:
     def count(digit: Array, match: Array | None, bins: int) -> Array:
         # Entries that do not match get an out-of-range bin, which the scatter drops.
         index = digit if match is None else jnp.where(match, digit, bins)
-        return _suffix_counts(_histogram(index, bins, copies))
+        return suffix_counts(histogram(index, bins, copies))
 
     return count
 
@@ -275,8 +276,8 @@ def _radix_many(codes: Sequence[Array], ks: Array, digits: Sequence[int],
                 digit = jnp.where((c >> (shift + width)) == prefix[j], digit, num * bins)
             parts.append(digit)
         index = jnp.concatenate(parts) if num > 1 else parts[0]
-        hist = _histogram(index, num * bins, copies).reshape(num, bins)
-        chosen, higher = pick_digit(_suffix_counts(hist), ks)
+        hist = histogram(index, num * bins, copies).reshape(num, bins)
+        chosen, higher = pick_digit(suffix_counts(hist), ks)
         ks = ks - higher
         prefix = (prefix << width) | chosen.astype(jnp.uint32)
     return prefix

@@ -1,6 +1,7 @@
 """Training and evaluation steps: pure functions of (state, batch), jitted over a mesh.
 
-  TrainState(step, params, frozen, batch_stats, opt_state, pruning, kept_total, rng)
+  TrainState(step, params, frozen, batch_stats, opt_state, pruning, kept_total, rng,
+             mask_state)
   create_model(config, num_classes) -> nn.Module
   create_train_state(config, model, tx, rng, image_shape) -> TrainState
   train_step(state, batch, *, apply_fn, tx, label_smoothing, mask_fn) -> (state, metrics)
@@ -15,6 +16,7 @@ and the mask rule). The loop that drives them is mpt_jax.loop.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable
@@ -24,11 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
+from flax import serialization, struct
 
-from mpt_jax import config_utils, masks as masks_lib, ops, optim, parallel
+from mpt_jax import config_utils, masks as masks_lib, ops, optim, parallel, warm_masks
 
-MaskFn = Callable[[Any], dict]  # params -> the "masks" collection for model.apply
+# (params, mask_state) -> (the "masks" collection for model.apply, the new mask_state)
+MaskFn = Callable[[Any, Any], tuple[dict, Any]]
 
 
 class TrainState(struct.PyTreeNode):
@@ -39,7 +42,9 @@ class TrainState(struct.PyTreeNode):
     only, else {}), kept_total: the number of scores kept network-wide under global pruning
     at the current keep fraction k_t of the ramp (N - floor((1 - k_t) N), computed on the host
     in float64 by ``with_keep_fraction``; an int32 array so that the ramp never recompiles;
-    unused by layerwise pruning), rng: PRNG key data of the run.
+    unused by layerwise pruning), rng: PRNG key data of the run, mask_state: what the mask
+    rule carries from step to step ({} but for mask_method "warm", whose previous
+    thresholds only speed the search up: not saved in checkpoints, see mpt_jax.warm_masks).
     """
 
     step: jax.Array
@@ -50,6 +55,7 @@ class TrainState(struct.PyTreeNode):
     pruning: Any
     kept_total: jax.Array
     rng: jax.Array
+    mask_state: Any = struct.field(default_factory=dict)
 
     def variables(self, params=None, pruning=None) -> dict:
         """Flax variable dict for ``model.apply`` (empty collections left out)."""
@@ -57,6 +63,19 @@ class TrainState(struct.PyTreeNode):
                     batch_stats=self.batch_stats,
                     pruning=self.pruning if pruning is None else pruning)
         return {k: v for k, v in cols.items() if k == "params" or v}
+
+
+# Checkpoints hold every field but mask_state (a hint: the same training without it), so
+# checkpoints written before it existed restore too.
+def _saved_fields(state: TrainState) -> dict:
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if f.name != "mask_state"}
+
+
+serialization.register_serialization_state(
+    TrainState, lambda state: serialization.to_state_dict(_saved_fields(state)),
+    lambda template, saved: template.replace(**serialization.from_state_dict(
+        _saved_fields(template), saved)), override=True)
 
 
 # ---------------------------------------------------------------------------
@@ -86,6 +105,7 @@ def create_train_state(config, model: nn.Module, tx: optax.GradientTransformatio
     """
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     keep = float(config.keep_fraction)
+    warm = warm_masks.uses_carried_state(config)
 
     @jax.jit
     def init(key):
@@ -101,7 +121,8 @@ def create_train_state(config, model: nn.Module, tx: optax.GradientTransformatio
             frozen=variables.get("frozen", {}), batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(params), pruning=variables.get("pruning", {}),
             kept_total=jnp.asarray(global_kept_total(params, keep), jnp.int32),
-            rng=jax.random.key_data(state_rng))
+            rng=jax.random.key_data(state_rng),
+            mask_state=warm_masks.initial_state(params) if warm else {})
 
     return init(jax.random.key_data(rng) if _is_typed_key(rng) else rng)
 
@@ -121,6 +142,7 @@ def mask_rule(config) -> MaskFn | None:
     """How the step computes the masks of layerwise biprop / edgepopup when ``mask_impl``
     resolves to "batched": all layers' top-k in one computation (mpt_jax.masks) before
     ``model.apply``, which then skips the per-layer top-k. None: the layers compute their own.
+    mask_method "warm" starts each search from the thresholds in ``state.mask_state``.
 
     Same kept sets either way, so the same training (``mask_impl`` is not part of the
     checkpoint fingerprint). This is the steps' one call into the mask library.
@@ -131,7 +153,11 @@ def mask_rule(config) -> MaskFn | None:
     if not isinstance(rule, masks_lib.BatchedTopK):
         return None
     keep_fraction = float(config.keep_fraction)
-    return lambda params: rule.precompute(params, keep_fraction).get(masks_lib.MASKS, {})
+    if warm_masks.uses_carried_state(config):
+        return functools.partial(warm_masks.step_masks, keep_fraction=keep_fraction,
+                                 block=rule.block)
+    return lambda params, carried: (
+        rule.precompute(params, keep_fraction).get(masks_lib.MASKS, {}), carried)
 
 
 def make_steps(config, model: nn.Module, tx: optax.GradientTransformation):
@@ -188,11 +214,11 @@ def with_global_threshold(state: TrainState) -> dict:
 # Steps (pure, un-jitted)
 
 
-def _step_masks(state: TrainState, mask_fn: MaskFn | None) -> dict:
+def _step_masks(state: TrainState, mask_fn: MaskFn | None) -> tuple[dict, Any]:
     if mask_fn is None:
-        return {}
+        return {}, state.mask_state
     with jax.named_scope(ops.SCOPE_MASK):
-        return mask_fn(jax.lax.stop_gradient(state.params))
+        return mask_fn(jax.lax.stop_gradient(state.params), state.mask_state)
 
 
 def _with_masks(variables: dict, masks: dict) -> dict:
@@ -214,7 +240,7 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
     finite=False: the host stops the run instead of training on NaNs.
     """
     pruning = with_global_threshold(state)  # the global threshold before every forward pass
-    masks = _step_masks(state, mask_fn)
+    masks, mask_state = _step_masks(state, mask_fn)
 
     def loss_fn(params):
         logits, updates = apply_fn(_with_masks(state.variables(params, pruning), masks),
@@ -228,7 +254,7 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
         new_state = state.replace(
             step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
             opt_state=opt_state, batch_stats=updates.get("batch_stats", state.batch_stats),
-            pruning=pruning)
+            pruning=pruning, mask_state=mask_state)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     with jax.named_scope("metrics"):
@@ -245,7 +271,7 @@ def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable,
     The loss is the training criterion, label smoothing included.
     """
     pruning = with_global_threshold(state)
-    variables = _with_masks(state.variables(pruning=pruning), _step_masks(state, mask_fn))
+    variables = _with_masks(state.variables(pruning=pruning), _step_masks(state, mask_fn)[0])
     logits = apply_fn(variables, batch["image"], train=False)
     labels = batch["label"]
     mask = batch.get("mask")
