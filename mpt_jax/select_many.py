@@ -79,6 +79,11 @@ def check_method(method: str) -> str:
                      f"compare<D> (D = 1..8 digit bits, e.g. compare6){extra}")
 
 
+def is_builtin(method: str) -> bool:
+    """Whether ``method`` is one of this module's own methods, not a registered variant."""
+    return method in METHODS or bool(_COMPARE_RE.match(method))
+
+
 def digit_widths(bits: int) -> tuple[int, ...]:
     """Digit widths (most significant first) covering bits 30..0 with D-bit digits."""
     full, rem = divmod(31, bits)
@@ -212,7 +217,10 @@ def blocked_masks(leaves: Sequence[Array], ks: Sequence[int], block: int,
     leaves = [jax.lax.stop_gradient(x) for x in leaves]
     layout = BlockLayout([x.size for x in leaves], block)
     blocked = _blocked([_codes(x) for x in leaves], layout)
-    k_vec = jnp.asarray(np.array(ks, np.int32))
+    if all(isinstance(k, (int, np.integer)) for k in ks):
+        k_vec = jnp.asarray(np.array(ks, np.int32))
+    else:  # traced counts (a member program's kept collection)
+        k_vec = jnp.stack([jnp.asarray(k, jnp.int32) for k in ks])
     t, above = thresholds(blocked, layout, k_vec)
     cut = _tie_cuts(blocked, layout, t, above, k_vec)
     return [_mask_from_cut(x, t[i], cut[i]) for i, x in enumerate(leaves)]
@@ -220,7 +228,8 @@ def blocked_masks(leaves: Sequence[Array], ks: Sequence[int], block: int,
 
 def topk_masks(leaves: Sequence[Array], ks: Sequence[int], method: str = "compare",
                block: int = BLOCK) -> list[Array]:
-    """Boolean masks of the ``ks[i]`` largest |leaves[i]| (static Python ints), ties to the
+    """Boolean masks of the ``ks[i]`` largest |leaves[i]| (Python ints, or int32 scalars that
+    may be traced; the registered benchmark methods take ints only), ties to the
     lowest flat indices: leaf for leaf identical to ``select.topk_mask(abs(leaf), k)``.
     No gradient flows to the leaves."""
     check_method(method)

@@ -3,15 +3,19 @@
   TrainState(step, params, frozen, batch_stats, opt_state, pruning, kept_total, rng)
   create_model(config, num_classes) -> nn.Module
   create_train_state(config, model, tx, rng, image_shape) -> TrainState
-  train_step(state, batch, *, apply_fn, tx, label_smoothing, mask_fn) -> (state, metrics)
-  eval_step(state, batch, *, apply_fn, label_smoothing, mask_fn) -> metric sums
+  train_step(state, batch, *, apply_fn, tx, label_smoothing, mask_fn, kept) -> (state, metrics)
+  eval_step(state, batch, *, apply_fn, label_smoothing, mask_fn, kept) -> metric sums
   make_steps(config, model, tx) -> (train step, eval step) with everything bound, un-jitted
   make_parallel_steps(config, model, tx, mesh) -> (jitted train step, jitted eval step)
   evaluate(p_eval, state, ds) -> dict(top1, top5, loss, count) over the whole eval split
+  eval_summary(sums, ds) -> the same dict from the fetched per-batch sums
 
 The steps never see the config: ``make_steps`` reads it once, outside jit, and binds plain
 functions and values (the model's ``apply``, the optax transformation, the label smoothing
-and the mask rule). The loop that drives them is mpt_jax.loop.
+and the mask rule). The loop that drives them is mpt_jax.loop. ``kept``, a ``kept``
+collection of per-layer counts (``masks.kept_counts``), replaces the counts of the
+config's keep fraction: mpt_jax.members vmaps the steps over members of different keep
+fractions this way; single runs pass none.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from flax import struct
 
 from mpt_jax import config_utils, masks as masks_lib, ops, optim, parallel
 
-MaskFn = Callable[[Any], dict]  # params -> the "masks" collection for model.apply
+MaskFn = Callable[..., dict]  # (params, kept=None) -> the "masks" collection for model.apply
 
 
 class TrainState(struct.PyTreeNode):
@@ -131,7 +135,8 @@ def mask_rule(config) -> MaskFn | None:
     if not isinstance(rule, masks_lib.BatchedTopK):
         return None
     keep_fraction = float(config.keep_fraction)
-    return lambda params: rule.precompute(params, keep_fraction).get(masks_lib.MASKS, {})
+    return lambda params, kept=None: rule.precompute(params, keep_fraction, kept).get(
+        masks_lib.MASKS, {})
 
 
 def make_steps(config, model: nn.Module, tx: optax.GradientTransformation):
@@ -188,15 +193,18 @@ def with_global_threshold(state: TrainState) -> dict:
 # Steps (pure, un-jitted)
 
 
-def _step_masks(state: TrainState, mask_fn: MaskFn | None) -> dict:
+def _step_masks(state: TrainState, mask_fn: MaskFn | None, kept: dict | None = None) -> dict:
     if mask_fn is None:
         return {}
     with jax.named_scope(ops.SCOPE_MASK):
-        return mask_fn(jax.lax.stop_gradient(state.params))
+        params = jax.lax.stop_gradient(state.params)
+        return mask_fn(params) if kept is None else mask_fn(params, kept)
 
 
-def _with_masks(variables: dict, masks: dict) -> dict:
-    return {**variables, "masks": masks} if masks else variables
+def _with_masks(variables: dict, masks: dict, kept: dict | None = None) -> dict:
+    if kept:
+        variables = {**variables, masks_lib.KEPT: kept}
+    return {**variables, masks_lib.MASKS: masks} if masks else variables
 
 
 def _all_finite(tree) -> jax.Array:
@@ -206,18 +214,20 @@ def _all_finite(tree) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
                tx: optax.GradientTransformation, label_smoothing: float = 0.0,
-               mask_fn: MaskFn | None = None) -> tuple[TrainState, dict]:
+               mask_fn: MaskFn | None = None, kept: dict | None = None
+               ) -> tuple[TrainState, dict]:
     """One optimizer step. Returns the new state and batch metrics.
 
     ``apply_fn``: the model's ``apply``; ``mask_fn``: params -> "masks" collection, or None
-    (see ``mask_rule``). Non-finite loss or gradients leave the state unchanged and report
-    finite=False: the host stops the run instead of training on NaNs.
+    (see ``mask_rule``); ``kept``: per-layer kept counts replacing the keep fraction's, or
+    None. Non-finite loss or gradients leave the state unchanged and report finite=False:
+    the host stops the run instead of training on NaNs.
     """
     pruning = with_global_threshold(state)  # the global threshold before every forward pass
-    masks = _step_masks(state, mask_fn)
+    masks = _step_masks(state, mask_fn, kept)
 
     def loss_fn(params):
-        logits, updates = apply_fn(_with_masks(state.variables(params, pruning), masks),
+        logits, updates = apply_fn(_with_masks(state.variables(params, pruning), masks, kept),
                                    batch["image"], train=True, mutable=["batch_stats"])
         loss = optim.cross_entropy(logits, batch["label"], label_smoothing).mean()
         return loss, (logits, updates)
@@ -239,13 +249,15 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
 
 
 def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable,
-              label_smoothing: float = 0.0, mask_fn: MaskFn | None = None) -> dict:
+              label_smoothing: float = 0.0, mask_fn: MaskFn | None = None,
+              kept: dict | None = None) -> dict:
     """Sums over the real (mask == 1) rows of one eval batch: top-1 / top-5 correct, loss, count.
 
     The loss is the training criterion, label smoothing included.
     """
     pruning = with_global_threshold(state)
-    variables = _with_masks(state.variables(pruning=pruning), _step_masks(state, mask_fn))
+    variables = _with_masks(state.variables(pruning=pruning),
+                            _step_masks(state, mask_fn, kept), kept)
     logits = apply_fn(variables, batch["image"], train=False)
     labels = batch["label"]
     mask = batch.get("mask")
@@ -262,8 +274,12 @@ def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable,
 def evaluate(p_eval, state, ds) -> dict:
     """top1 / top5 (percent) and mean loss over every eval example exactly once."""
     outs = [p_eval(state, batch) for batch in ds.eval_batches()]
+    return eval_summary(parallel.to_host(outs), ds)
+
+
+def eval_summary(fetched: list, ds) -> dict:
+    """``evaluate``'s result from the fetched per-batch sums of ``eval_step``."""
     # Summed on the host in float64: no eager device ops (each would compile), exact counts.
-    fetched = parallel.to_host(outs)
     sums = {k: float(np.sum([np.float64(o[k]) for o in fetched])) for k in fetched[0]}
     if int(sums["count"]) != int(ds.num_eval):  # the data contract: every example once
         if jax.process_index() == 0:
