@@ -187,6 +187,11 @@ def _member_values(config, field: str, kind: type) -> tuple:
     name = f"members.{field}"
     values = (config.get("members") or {}).get(field) or ()
     values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
+    text = [v for v in values if isinstance(v, str)]
+    if text:  # the command line's "0,x" is no list of numbers: config_flags keeps the text
+        example = "0.8,0.5" if kind is float else "0,1,2"
+        raise ConfigError(f"{name} must be comma-separated {_TYPE_WORDS[kind][3:]}s (e.g. "
+                          f"{example}); got {text[0]!r} {_fix(name)}")
     for i, v in enumerate(values):
         if not _type_ok(v, kind):
             raise ConfigError(f"{name}[{i}] must be {_TYPE_WORDS[kind]}; got {v!r} "
