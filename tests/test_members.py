@@ -441,3 +441,26 @@ def test_signals_to_a_member_program_on_the_command_line(tmp_path, cli_env):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err
     assert "error: stopped by SIGINT at epoch 1, step 3 of 22 (global step 3)" in err
+
+
+def test_members_benchmark_runs_on_cpu(tmp_path, capsys):
+    """benchmarks/members.py at tiny sizes: a row for the single run and one for the program,
+    the program's aggregate images/s = members x its per-member images/s."""
+    import importlib.util
+    path = os.path.join(ROOT, "benchmarks", "members.py")
+    spec = importlib.util.spec_from_file_location("members_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rows.jsonl"
+    assert bench.main(["--programs=conv2=2", "--width-mult=0.0625", "--batch=8", "--steps=1",
+                       "--repeats=1", "--warmup=1", "--precision=float32",
+                       f"--json={out}"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["model"], r["members"]) for r in rows] == [("conv2", 1), ("conv2", 2)]
+    assert all(r["finite"] for r in rows)
+    program = rows[1]
+    assert program["images_per_s"] == pytest.approx(2 * program["per_member_images_per_s"],
+                                                    rel=1e-3)
+    assert "| conv2 | 2 | 8 | float32 |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="MODEL=M"):
+        bench.parse_programs("conv4=0")
