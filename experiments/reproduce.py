@@ -276,6 +276,25 @@ def print_table(runs: list[Run], rows: list[dict], status: dict) -> None:
             print(f"{run.name:<{width}}  {state:<12}")
 
 
+def print_plan(todo, over, count: int, done: int, args, hardware: str) -> None:
+    """What starts now (runs and member programs with their estimates; with --dry_run
+    their commands) and what waits."""
+    total = sum(est for _, est in todo)
+    starting = sum(len(getattr(item, "runs", (item,))) for item, _ in todo)
+    print(f"{count} runs in --groups={args.groups}: {done} finished earlier, "
+          f"{starting} to start now (estimated {_fmt(total)} on {hardware}"
+          + (f", {args.parallel} at a time" if args.parallel > 1 else "") + ")"
+          + (f", {len(over)} left for a later window" if over else ""), flush=True)
+    for item, est in todo:
+        line = f"  {_fmt(est):>6}  {item.name}"
+        if isinstance(item, Program):
+            line += f" ({len(item.runs)} members: {', '.join(r.name for r in item.runs)})"
+        if args.dry_run:
+            line += "\n          " + shlex.join(item_command(
+                item, os.path.join(args.root, item.name), args.set))
+        print(line, flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", default="table",
@@ -331,20 +350,7 @@ def main(argv=None) -> int:
     if args.members:  # finished runs first, so that a program holds only what is left
         items = queue_plan.group([r for r in runs if r.name not in finished(rows)])
     todo, over = plan(items, rows, hardware, budget_s, epochs)
-    total = sum(est for _, est in todo)
-    starting = sum(len(getattr(item, "runs", (item,))) for item, _ in todo)
-    print(f"{len(runs)} runs in --groups={args.groups}: {len(done)} finished earlier, "
-          f"{starting} to start now (estimated {_fmt(total)} on {hardware}"
-          + (f", {args.parallel} at a time" if args.parallel > 1 else "") + ")"
-          + (f", {len(over)} left for a later window" if over else ""), flush=True)
-    for item, est in todo:
-        line = f"  {_fmt(est):>6}  {item.name}"
-        if isinstance(item, Program):
-            line += f" ({len(item.runs)} members: {', '.join(r.name for r in item.runs)})"
-        if args.dry_run:
-            line += "\n          " + shlex.join(item_command(
-                item, os.path.join(args.root, item.name), args.set))
-        print(line, flush=True)
+    print_plan(todo, over, len(runs), len(done), args, hardware)
     if args.dry_run:
         return 0
     status, received = execute(todo, args, hardware)
