@@ -173,8 +173,8 @@ def _prepare(config, workdir, dataset, tracks, metas, hooks, t_start):
     p_train, p_eval = _parallel_steps(config, model, tx, mesh, dataset, tracks)
     states = members.initial_states(tracks, tx, dataset.num_classes, dataset.image_shape, model)
     states = [parallel.replicate(s, mesh) for s in states]
-    for track, member_state in zip(tracks, states):
-        track.checkpointer.check_room_for(member_state)
+    # Room for every track's saves (a program's members share one file system).
+    tracks[0].checkpointer.check_room_for(states if len(states) > 1 else states[0])
     run = RunState(steps_per_epoch=spe, tracks=tracks)
     if metas[0] is not None:
         states, (run.epoch, run.step_in_epoch) = members.restore(states, mesh, tracks, metas)
@@ -216,6 +216,7 @@ def _finish(config, run: RunState) -> dict:
         return members.finished(run.tracks, note)
     report.finished(config, run.tracks[0].workdir, run.tracks[0].result, note)
     return run.tracks[0].result
+
 
 # ---------------------------------------------------------------------------
 # The loop
