@@ -3,6 +3,7 @@
     python experiments/reproduce.py --dry_run                          # the plan, nothing runs
     python experiments/reproduce.py --groups=table --budget_minutes=10  # what fits in 10 minutes
     python experiments/reproduce.py --groups=conv --seeds=0,1,2 --only='conv4'
+    python experiments/reproduce.py --groups=conv --members --budget_minutes=10  # as programs
 
 Named groups, in priority order:
 
@@ -18,13 +19,17 @@ stopped. A run that finishes appends one row to the committed results file
 (``experiments/results/cifar10.csv``: config and overrides, seed, epochs, final and best
 held-out top-1/top-5, wall time, images/s, hardware, JAX version, commit) and, for biprop
 runs, exports its ticket (``ticket.ticket`` in the workdir; the headline runs' tickets are
-copied to ``tickets/``). Runs that already have a row are skipped.
+copied to ``tickets/``; queue_rows.py). Runs that already have a row are skipped.
 
 ``--budget_minutes`` starts only runs that fit: each run's time is estimated from the
 results file's earlier rows of the same run (or the same model) on the same hardware,
 from a built-in guess otherwise, and a run is started only while the estimates of all
-runs started so far add up to the budget. ``--parallel=N`` runs N at once on one device
-(each gets 1/N of the accelerator memory); the budget counts their time as if they ran
+runs started so far add up to the budget (queue_plan.py). ``--members`` trains the runs
+that differ only in keep_fraction and seed (e.g. a Conv-4 keep-fraction curve) as one
+member program (mpt_jax.members): one process, one vmapped step for all of them, each
+member still its own workdir, row (``members`` column: the program's size) and ticket;
+its estimate is the members' estimates over the speed-up earlier programs showed.
+``--parallel=N`` runs N at once on one device (each gets 1/N of the accelerator memory); the budget counts their time as if they ran
 one after another, which is what sharing one GPU amounts to. A Ctrl-C or SIGTERM is
 passed to the running runs, which save a checkpoint and stop; the same command resumes.
 
@@ -35,14 +40,9 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import datetime
-import glob
-import json
-import math
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -51,7 +51,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-import sweep  # noqa: E402  (experiments/ is a folder of scripts, not a package)
+import queue_plan  # noqa: E402  (experiments/ is a folder of scripts, not a package)
+import sweep  # noqa: E402
+from queue_plan import Program, plan  # noqa: E402
+from queue_rows import finished_rows  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "experiments", "results", "cifar10.csv")
 TICKETS = os.path.join(ROOT, "tickets")
@@ -60,7 +63,7 @@ KEEP_FRACTIONS = sweep.KEEP_FRACTIONS
 FIELDS = ("run", "group", "config", "overrides", "seed", "epochs", "final_top1", "final_top5",
           "best_top1", "best_top5", "best_epoch", "eval_split", "wall_seconds", "train_seconds",
           "images_per_s", "parallel", "precision", "hardware", "jax_version", "commit", "date",
-          "ticket")
+          "ticket", "members")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,57 +170,6 @@ def finished(rows: list[dict]) -> set[str]:
     return {row["run"] for row in rows}
 
 
-# Built-in guesses (seconds for 100 epochs, process start to exit) for a model with no
-# earlier row on this hardware: one H100/H200, bf16, measured end-to-end runs where we
-# have them (ResNet-18 150 s), scaled by multiply-accumulates for the others.
-GPU_GUESS_S = {"resnet18": 160, "vgg_small": 150, "wide_vgg_small_binact": 240,
-               "conv2": 60, "conv4": 70, "conv6": 80, "conv8": 90}
-CPU_FACTOR = 150  # 2 CPU cores against one H100, roughly (ResNet-18: 57 vs ~48,000 images/s)
-
-
-def estimate_seconds(run: Run, rows: list[dict], hardware: str, epochs: int = 100) -> float:
-    """Seconds one run takes alone on ``hardware``: the median of earlier rows of the same
-    run key (then the same config file) on that hardware, each row's wall time divided by
-    the number of runs that shared the device with it and scaled to ``epochs``."""
-    def per_epoch(row):
-        try:
-            return float(row["wall_seconds"]) / max(1, int(row["parallel"] or 1)) / max(
-                1, int(row["epochs"]))
-        except (KeyError, ValueError, TypeError):
-            return None
-
-    for match in (lambda r: r["run"].rsplit(",seed=", 1)[0] == run.key,
-                  lambda r: r["config"] == run.config):
-        values = sorted(v for r in rows if r.get("hardware") == hardware and match(r)
-                        for v in [per_epoch(r)] if v)
-        if values:
-            return values[len(values) // 2] * epochs
-    model = run.stem.replace("cifar10_", "")
-    model = re.sub(r"_binact$", "", model) if model.startswith("conv") else model
-    model = "conv8" if model.startswith("conv8") else model
-    guess = GPU_GUESS_S.get(model, 200) * epochs / 100
-    return guess if "cpu" not in hardware.lower() else guess * CPU_FACTOR
-
-
-def plan(runs: list[Run], rows: list[dict], hardware: str, budget_s: float | None,
-         epochs: int = 100) -> tuple[list[tuple[Run, float]], list[Run]]:
-    """(runs to start with their estimates, runs skipped for the budget), priority order;
-    finished runs are left out. A run that does not fit is skipped and a later, shorter
-    one may still start."""
-    done = finished(rows)
-    todo, over, committed = [], [], 0.0
-    for run in runs:
-        if run.name in done:
-            continue
-        est = estimate_seconds(run, rows, hardware, epochs)
-        if budget_s is not None and committed + est > budget_s:
-            over.append(run)
-            continue
-        committed += est
-        todo.append((run, est))
-    return todo, over
-
-
 # --------------------------------------------------------------------------------------
 # Running
 
@@ -229,84 +181,10 @@ def command(run: Run, workdir: str, extra: list[str]) -> list[str]:
     return cmd + [f"--config.{item}" for item in extra]
 
 
-def images_per_s(metrics_path: str) -> float | None:
-    """Median logged training throughput, the first 10 % of records (compilation) left out."""
-    values = []
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            for line in f:
-                try:
-                    m = json.loads(line)
-                except ValueError:
-                    continue
-                if m.get("split") == "train" and m.get("images_per_s"):
-                    values.append(float(m["images_per_s"]))
-    values = sorted(values[len(values) // 10:])
-    return round(values[len(values) // 2], 1) if values else None
-
-
-def git_commit() -> str:
-    if os.environ.get("MPT_COMMIT"):
-        return os.environ["MPT_COMMIT"]
-    try:
-        out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (out.stdout.strip() + ("+dirty" if dirty else "")) if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def export_ticket(run: Run, workdir: str, tickets: str | None) -> str:
-    """The run's ticket (signs mode: no dependence on JAX's PRNG) in its workdir, copied to
-    ``tickets``/<ship>.ticket for a headline run; returns the shipped path or ''."""
-    if run.mode != "biprop":
-        return ""
-    out = os.path.join(workdir, "ticket.ticket")
-    code = subprocess.call([sys.executable, "-m", "mpt_jax.ticket", "export",
-                            f"--workdir={workdir}", f"--out={out}", "--mode=signs"],
-                           stdout=open(os.path.join(workdir, "ticket_export.txt"), "w"),
-                           stderr=subprocess.STDOUT, cwd=ROOT,
-                           # beside runs that still hold their share of the accelerator
-                           env=dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false"))
-    if code != 0 or not run.ship or not tickets:
-        return ""  # the ticket stays in the run's workdir
-    os.makedirs(tickets, exist_ok=True)
-    dest = os.path.join(tickets, f"{run.ship}.ticket")
-    # Seed 0's ticket is the one shipped (the first finished seed until seed 0 has run).
-    if os.path.exists(dest) and run.seed != 0:
-        return ""
-    shutil.copyfile(out, dest + ".tmp")
-    os.replace(dest + ".tmp", dest)
-    return os.path.relpath(dest, ROOT)
-
-
-def result_row(run: Run, workdir: str, wall: float, parallel: int, tickets: str | None,
-               record_early: bool = False) -> dict | None:
-    """The results-file row of a finished run (None if its result.json is missing or the run
-    ended early, e.g. at max_train_steps: rows are for complete runs, unless
-    ``record_early``, which dry runs use)."""
-    path = os.path.join(workdir, "result.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        result = json.load(f)
-    if result.get("stop_reason") and not record_early:
-        return None
-    return dict(run=run.name, group=run.group, config=run.config,
-                overrides=" ".join(f"{k}={v}" for k, v in run.overrides), seed=run.seed,
-                epochs=result.get("epochs_completed"), final_top1=result.get("final_top1"),
-                final_top5=result.get("final_top5"), best_top1=result.get("best_top1"),
-                best_top5=result.get("best_top5"), best_epoch=result.get("best_epoch"),
-                eval_split=result.get("eval_split"), wall_seconds=round(wall, 1),
-                train_seconds=result.get("wall_seconds"),
-                images_per_s=images_per_s(os.path.join(workdir, "metrics.jsonl")),
-                parallel=parallel, precision=result.get("precision", ""),
-                hardware=result.get("hardware", ""), jax_version=result.get("jax_version", ""),
-                commit=git_commit(),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-                ticket=export_ticket(run, workdir, tickets))
+def item_command(item, workdir: str, extra: list[str]) -> list[str]:
+    """The command of a run or of a member program."""
+    return item.command(workdir, extra) if isinstance(item, Program) else command(
+        item, workdir, extra)
 
 
 def detect_hardware() -> str:
@@ -344,13 +222,13 @@ def execute(todo, args, hardware) -> tuple[dict, int | None]:
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.time()
     try:
-        while pending or running:
+        while running or (pending and not received):  # after a stop nothing new starts
             while pending and len(running) < args.parallel and not received:
                 run, est = pending.pop(0)
                 workdir = os.path.join(args.root, run.name)
                 os.makedirs(workdir, exist_ok=True)
                 log = open(os.path.join(workdir, "log.txt"), "a")
-                proc = subprocess.Popen(command(run, workdir, args.set), stdout=log,
+                proc = subprocess.Popen(item_command(run, workdir, args.set), stdout=log,
                                         stderr=subprocess.STDOUT, cwd=ROOT, env=env,
                                         start_new_session=True)
                 running[run.name] = (run, proc, time.time(), workdir, log)
@@ -360,19 +238,18 @@ def execute(todo, args, hardware) -> tuple[dict, int | None]:
                 run, proc, start, workdir, log = running.pop(name)
                 log.close()
                 wall = time.time() - start
-                row = None
+                rows = []
                 # 130 / 143: a stop that came after the run had finished still leaves a
                 # complete result.json (result_row checks), which counts as done.
                 if proc.returncode in (0, 130, 143):
-                    row = result_row(run, workdir, wall, peak.get(name, 1), args.tickets,
-                                     args.record_early)
-                    if row is not None:
+                    rows = finished_rows(run, workdir, wall, peak.get(name, 1), args)
+                    for row in rows:
                         append_row(row, args.results)
-                status[name] = ("done" if row else
+                status[name] = ("done" if rows else
                                 "stopped (resumable)" if proc.returncode in (130, 143) else
                                 f"failed (exit {proc.returncode}, see {workdir}/log.txt)"
                                 if proc.returncode else "ended early")
-                top1 = f" top-1 {row['final_top1']:.2f}%" if row else ""
+                top1 = "".join(f" top-1 {row['final_top1']:.2f}%" for row in rows)
                 print(f"[{_fmt(time.time() - t0)}] {status[name]} {name} after "
                       f"{_fmt(wall)}{top1}", flush=True)
             for name in running:
@@ -399,6 +276,25 @@ def print_table(runs: list[Run], rows: list[dict], status: dict) -> None:
             print(f"{run.name:<{width}}  {state:<12}")
 
 
+def print_plan(todo, over, count: int, done: int, args, hardware: str) -> None:
+    """What starts now (runs and member programs with their estimates; with --dry_run
+    their commands) and what waits."""
+    total = sum(est for _, est in todo)
+    starting = sum(len(getattr(item, "runs", (item,))) for item, _ in todo)
+    print(f"{count} runs in --groups={args.groups}: {done} finished earlier, "
+          f"{starting} to start now (estimated {_fmt(total)} on {hardware}"
+          + (f", {args.parallel} at a time" if args.parallel > 1 else "") + ")"
+          + (f", {len(over)} left for a later window" if over else ""), flush=True)
+    for item, est in todo:
+        line = f"  {_fmt(est):>6}  {item.name}"
+        if isinstance(item, Program):
+            line += f" ({len(item.runs)} members: {', '.join(r.name for r in item.runs)})"
+        if args.dry_run:
+            line += "\n          " + shlex.join(item_command(
+                item, os.path.join(args.root, item.name), args.set))
+        print(line, flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", default="table",
@@ -420,6 +316,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override for every run that is not part of its identity (e.g. "
                              "data_dir=...); num_epochs changes the estimates too")
+    parser.add_argument("--members", action="store_true",
+                        help="train the runs that differ only in keep_fraction and seed as one "
+                             "member program each (mpt_jax.members)")
     parser.add_argument("--dry_run", action="store_true", help="print the plan, run nothing")
     parser.add_argument("--record_early", action="store_true",
                         help="also record runs that ended early (max_train_steps): for trying "
@@ -446,23 +345,20 @@ def main(argv=None) -> int:
     rows = read_rows(args.results)
     hardware = args.hardware or detect_hardware()
     budget_s = None if args.budget_minutes is None else args.budget_minutes * 60
-    todo, over = plan(runs, rows, hardware, budget_s, epochs)
     done = [r for r in runs if r.name in finished(rows)]
-    total = sum(est for _, est in todo)
-    print(f"{len(runs)} runs in --groups={args.groups}: {len(done)} finished earlier, "
-          f"{len(todo)} to start now (estimated {_fmt(total)} on {hardware}"
-          + (f", {args.parallel} at a time" if args.parallel > 1 else "") + ")"
-          + (f", {len(over)} left for a later window" if over else ""), flush=True)
-    for run, est in todo:
-        line = f"  {_fmt(est):>6}  {run.name}"
-        if args.dry_run:
-            line += "\n          " + shlex.join(command(run, os.path.join(args.root, run.name),
-                                                      args.set))
-        print(line, flush=True)
+    items = runs
+    if args.members:  # finished runs first, so that a program holds only what is left
+        items = queue_plan.group([r for r in runs if r.name not in finished(rows)])
+    todo, over = plan(items, rows, hardware, budget_s, epochs)
+    print_plan(todo, over, len(runs), len(done), args, hardware)
     if args.dry_run:
         return 0
     status, received = execute(todo, args, hardware)
-    print_table(runs, read_rows(args.results), status)
+    shown = dict(status)
+    for item, _ in todo:  # a program's status is its members'
+        for run in getattr(item, "runs", ()):
+            shown[run.name] = status.get(item.name, "not run")
+    print_table(runs, read_rows(args.results), shown)
     if received:
         print(f"stopped by {signal.Signals(received).name}; the running runs saved a checkpoint:"
               f" the same command resumes them", file=sys.stderr)

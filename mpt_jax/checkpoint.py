@@ -136,10 +136,15 @@ class Checkpointer:
     def latest_step(self, which: str = "latest"):
         return self._manager(which).latest_step()
 
-    def latest_meta(self, which: str = "latest") -> dict | None:
-        """The JSON metadata of the newest save (cheap: no arrays are read), or None."""
+    def steps(self, which: str = "latest") -> list[int]:
+        """The global steps of the complete saves, oldest first."""
+        return sorted(self._manager(which).all_steps())
+
+    def latest_meta(self, which: str = "latest", step: int | None = None) -> dict | None:
+        """The JSON metadata of the newest save (or of ``step``; cheap: no arrays are read),
+        or None."""
         mngr = self._manager(which)
-        step = mngr.latest_step()
+        step = mngr.latest_step() if step is None else step
         return None if step is None else _read_meta(mngr, step)
 
     def describe_latest(self) -> str:
@@ -189,12 +194,13 @@ class Checkpointer:
                     f"checkpoint is intact: {self.describe_latest()}. Free disk space (or fix the "
                     "workdir) and run the same command again to resume from it") from None
 
-    def restore(self, template_state, mesh=None, which: str = "latest"):
-        """Restores (state, meta) of the newest save into the structure of ``template_state``
-        (arrays placed with the template's dtypes and shardings; any device count)."""
+    def restore(self, template_state, mesh=None, which: str = "latest", step: int | None = None):
+        """Restores (state, meta) of the newest save (or of ``step``) into the structure of
+        ``template_state`` (arrays placed with the template's dtypes and shardings; any
+        device count)."""
         from flax import serialization  # noqa: PLC0415
         mngr = self._manager(which)
-        step = mngr.latest_step()
+        step = mngr.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no {which} checkpoint in {self.directory}")
         where = os.path.join(str(mngr.directory), str(step))

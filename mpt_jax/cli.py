@@ -93,6 +93,7 @@ def help_text(flag_values, config) -> str:
             lines += ["", f" {section}:"]
         lines += _value_lines(f"--config.{name}", config[name])
         lines.append(f"      {config_fields.help_line(name) or 'not a field of mpt_jax'}")
+        lines += [f"      {f.name}: {f.help}" for f in config_fields.SUBFIELDS.get(name, ())]
     return "\n".join(lines)
 
 

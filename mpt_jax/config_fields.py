@@ -140,8 +140,10 @@ FIELDS = (
     Field("eval_batch_size", 128, int, "global evaluation batch; a multiple of the device "
           "count", POSITIVE),
     Field("num_epochs", 100, int, "training epochs", POSITIVE),
-    Field("seed", 0, int, "seeds the random weights, the scores' init, the data order and the "
-          "augmentation"),
+    Field("seed", 0, int, "seeds the random weights, the scores' init and, unless data_seed "
+          "is set, the data order and the augmentation"),
+    Field("data_seed", None, int, "seeds the data order and the augmentation; unset: seed "
+          "(the members of a member program share it)"),
     Field("optimizer", "sgd", str, "optimizer of the trained parameters", optim.OPTIMIZERS),
     Field("learning_rate", 0.1, float, "peak learning rate",
           Range(0.0, math.inf, low_open=True, high_open=True)),
@@ -188,6 +190,10 @@ FIELDS = (
           "after epoch 2, as the reference"),
     Field("progress_bar", True, bool, "a console progress bar with images/s and the time "
           "left in the epoch and in the run"),
+    Field("members", lambda: ml_collections.ConfigDict(dict(keep_fraction=(), seed=())), dict,
+          "a member program: runs of this config that differ only in keep_fraction and seed, "
+          "trained together in one process (one vmapped step, one batch stream), each into "
+          "<workdir>/members/keep_fraction=K,seed=S/; empty lists: one run"),
     # Per-mode presets.
     Field("baseline_hparams", _baseline_defaults, dict, "replacements of the fields above "
           "for mode dense / edgepopup / binary_trained (a field set on the command line wins)",
@@ -196,6 +202,13 @@ FIELDS = (
           "fields above for learn_batchnorm=True runs, same rule"),
 )
 BY_NAME = {f.name: f for f in FIELDS}
+# The fields inside a group field, by the group's name (checked where the group acts).
+SUBFIELDS = {"members": (
+    Field("members.keep_fraction", (), tuple, "the members' keep fractions, member i gets "
+          "the i-th (e.g. 0.8,0.6,0.5); one value: every member's; empty: keep_fraction"),
+    Field("members.seed", (), tuple, "the members' init seeds, member i gets the i-th "
+          "(e.g. 0,1,2); one value: every member's; empty: seed"),
+)}
 
 
 def _sections():
@@ -223,7 +236,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 def help_line(name: str) -> str:
     """The field's one-line description, with its valid values ("" for an unknown field)."""
-    f = BY_NAME.get(name)
+    f = BY_NAME.get(name) or next((f for group in SUBFIELDS.values() for f in group
+                                   if f.name == name), None)
     if f is None:
         return ""
     valid = f.describe_valid()

@@ -7,6 +7,8 @@
 * ``validate(config)``: cheap checks of every field, run before anything heavy; raises
   ``ConfigError`` with one line naming the field, the bad value and the fix.
 * ``fingerprint(config)``: what a checkpoint must agree with to be resumed.
+* ``member_configs(config)``: the members of a member program, each as the config of the
+  single run it equals.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import ml_collections
 
 from mpt_jax import config_fields, masks, models
 from mpt_jax.config_fields import base_config  # noqa: F401  (the configs' starting point)
-from mpt_jax.data import registry as datasets
+from mpt_jax.data import data_seed, registry as datasets
 from mpt_jax.errors import ConfigError
 
 # Fields that decide what a checkpoint contains; a resumed run must agree on all of them.
@@ -144,6 +146,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     except ValueError as e:
         raise ConfigError(f"mask_method: {e} {_fix('mask_method')}") from None
     _check_combinations(config)
+    for _, member in member_configs(config):  # their own checks, then each as a run
+        _check_combinations(member)
     # Model name and options: get_model checks them without building arrays.
     try:
         models.get_model(config.model, **model_kwargs(config, num_classes_hint(config)))
@@ -173,6 +177,89 @@ def _check_combinations(config) -> None:
     if info.folder and info.tfds_name is None and not config.data_dir:  # only files hold it
         raise ConfigError(f"dataset {config.dataset!r} needs --config.data_dir=<folder or "
                           f"archive>")
+
+
+# ---------------------------------------------------------------------------
+# Member programs
+
+
+def _member_values(config, field: str, kind: type) -> tuple:
+    name = f"members.{field}"
+    values = (config.get("members") or {}).get(field) or ()
+    values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
+    text = [v for v in values if isinstance(v, str)]
+    if text:  # the command line's "0,x" is no list of numbers: config_flags keeps the text
+        example = "0.8,0.5" if kind is float else "0,1,2"
+        raise ConfigError(f"{name} must be comma-separated {_TYPE_WORDS[kind][3:]}s (e.g. "
+                          f"{example}); got {text[0]!r} {_fix(name)}")
+    for i, v in enumerate(values):
+        if not _type_ok(v, kind):
+            raise ConfigError(f"{name}[{i}] must be {_TYPE_WORDS[kind]}; got {v!r} "
+                              f"{_fix(name)}")
+        if field == "keep_fraction":
+            try:
+                masks.validate_keep_fraction(v, f"{name}[{i}]")
+            except ValueError as e:
+                raise ConfigError(f"{e} {_fix(name)}") from None
+    return values
+
+
+def _check_member_fields(config) -> None:
+    """The fields a member program cannot share, or not the way one run uses them."""
+    if config.pruning != "layerwise":
+        raise ConfigError(f"a member program needs pruning='layerwise' (the global pruning "
+                          f"ramp is one run's), got {config.pruning!r}; set "
+                          f"--config.pruning=layerwise or train one run")
+    if config.stop_if_not_learning:
+        raise ConfigError("stop_if_not_learning stops one run, but a member program trains "
+                          "its members together; set --config.stop_if_not_learning=False")
+    method = config.get("mask_method", config_fields.BY_NAME["mask_method"].default)
+    if (masks.resolve_mask_impl(config.get("mask_impl", "auto")) == "batched"
+            and not masks.takes_traced_counts(method)):
+        raise ConfigError(f"mask_method={method!r} takes fixed counts, a member program "
+                          f"passes each member's counts as data; use radix_many, compare "
+                          f"or per_layer {_fix('mask_method')}")
+
+
+def member_configs(config) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(name, config) of every member of a member program, in order; [] for one run.
+
+    Member i gets the i-th ``members.keep_fraction`` and ``members.seed`` (a list of one
+    value gives every member that value; an empty one, the config's own field). Its config
+    is the single run it equals: keep_fraction and seed set, data_seed the program's (so
+    all members see the same batches), members empty. Its name, "keep_fraction=K,seed=S",
+    is its directory under <workdir>/members. Bad lists raise ConfigError (one line).
+    """
+    group = config.get("members") or {}
+    unknown = sorted(set(group.keys()) - {"keep_fraction", "seed"})
+    if unknown:
+        raise ConfigError(f"members.{unknown[0]} is not a member field; members take "
+                          f"keep_fraction and seed")
+    keeps = _member_values(config, "keep_fraction", float)
+    seeds = _member_values(config, "seed", int)
+    count = max(len(keeps), len(seeds))
+    if not count:
+        return []
+    if {len(keeps), len(seeds)} - {0, 1, count}:
+        raise ConfigError(f"members.keep_fraction has {len(keeps)} values and members.seed "
+                          f"{len(seeds)}; give both one value per member (member i gets "
+                          f"the i-th of each) or one value for every member")
+    _check_member_fields(config)
+    keeps = keeps or (config.keep_fraction,)
+    seeds = seeds or (config.seed,)
+    out, seen = [], set()
+    for i in range(count):
+        keep, seed = float(keeps[i % len(keeps)]), int(seeds[i % len(seeds)])
+        name = f"keep_fraction={keep!r},seed={seed}"
+        if name in seen:
+            raise ConfigError(f"two members are {name}; members must differ in "
+                              f"keep_fraction or seed")
+        seen.add(name)
+        member = ml_collections.ConfigDict(config.to_dict())
+        member.update(keep_fraction=keep, seed=seed, data_seed=data_seed(config))
+        member.members.update(keep_fraction=(), seed=())
+        out.append((name, member))
+    return out
 
 
 # ---------------------------------------------------------------------------

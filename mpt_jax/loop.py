@@ -11,9 +11,11 @@ whether to stop. After an evaluation the best top-1 is tracked and a checkpoint 
 every ``checkpoint_every_epochs`` epochs (and at the end); the loop ends after the last epoch,
 at ``max_train_steps``, or when the run is not learning (``stop_if_not_learning``).
 
-At each epoch's start the global-pruning keep fraction k_t is set as its exact kept count, an
-array in the state (no recompilation). Rerunning with the same workdir resumes from the last
-checkpoint at the same epoch and step (the data order is a pure function of (seed, epoch)).
+Each epoch starts by setting the global-pruning kept count of k_t in the state (no recompile).
+Rerunning with the same workdir resumes at the checkpoint's epoch and step (the data order is
+a pure function of (seed, epoch)). What is recorded per run (evaluations, best, checkpoints, logs, result) is kept per
+``members.Track``: one for a single run, one per member for a member program
+(``config.members``, mpt_jax.members), whose state stacks the members' states.
 SIGTERM / Ctrl-C finish the current step, checkpoint and raise ``Interrupted``; a non-finite
 step raises ``TrainingError`` and nothing after it is saved. Tests inject faults through a
 ``Hooks`` object; a real run passes none.
@@ -30,8 +32,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from mpt_jax import checkpoint as ckpt_lib
-from mpt_jax import config_utils, metrics as metrics_lib, ops, optim, parallel, report, stages
+from mpt_jax import config_utils, members, metrics as metrics_lib, ops, optim, parallel, report
+from mpt_jax import stages
 from mpt_jax import train
 from mpt_jax.compilation import CompiledAhead, abstract
 from mpt_jax.errors import DataError, Interrupted, TrainingError, UserError
@@ -73,19 +75,14 @@ class RunState:
     """What the loop carries between steps (host values; the TrainState travels apart)."""
 
     steps_per_epoch: int
+    tracks: list = dataclasses.field(default_factory=list)  # members.Track: what is recorded
     epoch: int = 0  # 0-based epoch of the next step
     step_in_epoch: int = 0  # steps done in that epoch (== steps_per_epoch: not evaluated yet)
-    best: dict = dataclasses.field(default_factory=lambda: dict(top1=-1.0, top5=-1.0, epoch=0))
-    last_eval: dict | None = None
-    keep_fraction: float = 1.0  # k_t of the current epoch
     first_step: int = 0  # global step this process started from (its first step compiles)
     pending: list = dataclasses.field(default_factory=list)  # device metrics not fetched yet
     window_start: float = 0.0  # when the current log interval's timing began
-    window_images: int = 0  # images trained in it
-    epoch_sums: tuple = (0.0, 0.0, 0)  # loss, top-1, steps this epoch (progress bar means)
-    pending_best: tuple | None = None  # (host state, meta) of a best epoch not yet written
+    window_images: int = 0  # images trained in it (per track)
     stop_reason: str | None = None  # signal | not_learning | max_train_steps
-    result: dict | None = None
 
     @property
     def step(self) -> int:
@@ -104,10 +101,8 @@ class RunContext:
     p_train: Callable
     p_eval: Callable
     schedule: Callable
-    checkpointer: ckpt_lib.Checkpointer
     hooks: Hooks
     clock: stages.Clock  # where the run's wall time goes
-    logger: metrics_lib.MetricsLogger | None = None
     bar: metrics_lib.ProgressBar | None = None
     stop: StopSignal | None = None
 
@@ -122,60 +117,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
 
     Metrics (percent): final_top1/5 (last evaluation), best_top1/5 and best_epoch (model
     selection on the eval split, which ``eval_split`` names). A finished run returns its
-    stored result at once. ``hooks``: test-only fault injection (``Hooks``).
+    stored result at once. A member program (``config.members``) returns {member name: its
+    metrics}. ``hooks``: test-only fault injection (``Hooks``).
     """
     clock = stages.Clock()
     config = config_utils.resolve(config, overridden)
     config_utils.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     hooks = hooks or Hooks()
-    checkpointer = ckpt_lib.Checkpointer(workdir, restart=bool(config.restart),
-                                         during_save=hooks.during_checkpoint_save)
-    checkpointer.save = clock.timed(checkpointer.save, "checkpoint")
+    tracks = members.open_tracks(config, workdir, restart=bool(config.restart),
+                                 during_save=hooks.during_checkpoint_save)
+    for track in tracks:
+        track.checkpointer.save = clock.timed(track.checkpointer.save, "checkpoint")
     try:  # until the loop's own try/finally: close orbax on any error (its threads)
-        meta = checkpointer.latest_meta()
-        stored = _stored_result(config, workdir, meta)
+        metas = members.resume_metas(tracks)
+        stored = members.stored_result(tracks, metas)
         if stored is not None:
-            checkpointer.close()
+            members.close(tracks)
             return stored
-        ctx, state, run = _prepare(config, workdir, dataset, checkpointer, meta, hooks, clock)
+        ctx, state, run = _prepare(config, workdir, dataset, tracks, metas, hooks, clock)
     except BaseException:
-        checkpointer.close()
+        members.close(tracks)
         raise
     is_main = jax.process_index() == 0
-    # Replayed steps (after the checkpoint) replace, not duplicate, earlier TensorBoard data.
-    logger = metrics_lib.MetricsLogger(workdir, enabled=is_main, start_step=run.step + 1)
+    for track in tracks:
+        # Replayed steps (after the checkpoint) replace, not duplicate, earlier TensorBoard data.
+        track.logger = metrics_lib.MetricsLogger(track.workdir, enabled=is_main,
+                                                 start_step=run.step + 1)
     bar = metrics_lib.ProgressBar(config.num_epochs, run.steps_per_epoch,
                                   enabled=is_main and config.progress_bar)
-    bar.set_batch_size(config.batch_size)
+    bar.set_batch_size(config.batch_size * len(tracks))
     try:
         with StopSignal() as stop:
-            _loop(dataclasses.replace(ctx, logger=logger, bar=bar, stop=stop), run, state)
+            _loop(dataclasses.replace(ctx, bar=bar, stop=stop), run, state)
     finally:
         bar.end_epoch()
-        logger.close()
-        checkpointer.close()
-    return _finish(config, workdir, run, clock)
+        members.close(tracks)
+    return _finish(config, run, clock)
 
 
 # ---------------------------------------------------------------------------
 # Start and end of a run
 
 
-def _stored_result(config, workdir: str, meta: dict | None) -> dict | None:
-    """The stored result when ``workdir`` holds this run, already finished; else None.
-    Refuses a checkpoint of another run."""
-    if meta is None:
-        return None
-    ckpt_lib.check_compatible(meta, config, workdir)
-    limit = config.max_train_steps > 0 and meta.get("global_step", 0) >= config.max_train_steps
-    if not (limit or meta.get("epoch", 0) >= config.num_epochs) or not meta.get("result"):
-        return None
-    return report.finished_before(workdir, meta["epoch"], meta["result"])
-
-
-def _prepare(config, workdir, dataset, checkpointer, meta, hooks, clock):
-    """(RunContext without logger / bar / stop, the initial or restored state, RunState)."""
+def _prepare(config, workdir, dataset, tracks, metas, hooks, clock):
+    """(RunContext without bar / stop, the initial or restored state, RunState)."""
     mesh = parallel.make_mesh()
     if dataset is None:
         from mpt_jax import data  # noqa: PLC0415  (data imports heavier deps lazily)
@@ -186,31 +172,33 @@ def _prepare(config, workdir, dataset, checkpointer, meta, hooks, clock):
                         f"{dataset.num_train} training examples; lower --config.batch_size")
     model = train.create_model(config, dataset.num_classes)
     tx = optim.make_optimizer(config, spe)
-    p_train, p_eval = _parallel_steps(config, model, tx, mesh, dataset, clock)
-    state = train.create_train_state(config, model, tx, jax.random.PRNGKey(config.seed),
-                                     dataset.image_shape)
-    state = parallel.replicate(state, mesh)
-    checkpointer.check_room_for(state)
-    run = RunState(steps_per_epoch=spe)
-    if meta is not None:
-        state = _restore(checkpointer, state, mesh, run, workdir)
+    p_train, p_eval = _parallel_steps(config, model, tx, mesh, dataset, tracks, clock)
+    states = members.initial_states(tracks, tx, dataset.num_classes, dataset.image_shape, model)
+    states = [parallel.replicate(s, mesh) for s in states]
+    # Room for every track's saves (a program's members share one file system).
+    tracks[0].checkpointer.check_room_for(states if len(states) > 1 else states[0])
+    run = RunState(steps_per_epoch=spe, tracks=tracks)
+    if metas[0] is not None:
+        states, (run.epoch, run.step_in_epoch) = members.restore(states, mesh, tracks, metas)
+    elif members.is_program(tracks):
+        members.announce(config, workdir, dataset, tracks)
     else:
-        report.announce(config, dataset, model, state)
+        report.announce(config, dataset, model, states[0])
+    state = members.stack(states, tracks, mesh)
     run.first_step = run.step
     schedule = jax.jit(optim.make_schedule(config, spe))  # host-side lr for the logs
     ctx = RunContext(config=config, workdir=workdir, ds=dataset, mesh=mesh, p_train=p_train,
-                     p_eval=p_eval, schedule=schedule, checkpointer=checkpointer, hooks=hooks,
-                     clock=clock)
+                     p_eval=p_eval, schedule=schedule, hooks=hooks, clock=clock)
     return ctx, state, run
 
 
-def _parallel_steps(config, model, tx, mesh, ds, clock):
+def _parallel_steps(config, model, tx, mesh, ds, tracks, clock):
     """The jitted steps (first call announced and timed); with in-memory data both compile in
-    a thread from abstract shapes while this thread initialises the state and epoch 1 starts."""
-    p_train, p_eval = train.make_parallel_steps(config, model, tx, mesh)
+    a thread from abstract shapes while this thread initialises (and maybe restores) the
+    state and epoch 1 starts."""
+    p_train, p_eval = members.parallel_steps(config, model, tx, mesh, tracks, ds)
     if hasattr(ds, "train_batch_shapes") and hasattr(ds, "eval_batch_shapes"):
-        state_shapes = jax.eval_shape(lambda: train.create_train_state(
-            config, model, tx, jax.random.PRNGKey(config.seed), ds.image_shape))
+        state_shapes = members.state_shapes(tracks, tx, ds.num_classes, ds.image_shape, model)
         state_shapes = abstract(state_shapes, parallel.replicated(mesh))
         p_train = CompiledAhead(p_train, state_shapes, ds.train_batch_shapes())
         p_eval = CompiledAhead(p_eval, state_shapes, ds.eval_batch_shapes())
@@ -218,30 +206,22 @@ def _parallel_steps(config, model, tx, mesh, ds, clock):
             stages.FirstCallTimed(p_eval, "eval step", clock))
 
 
-def _restore(checkpointer, state, mesh, run: RunState, workdir: str):
-    """The checkpointed state; ``run`` continues from its position, best and last eval."""
-    state, meta = checkpointer.restore(state, mesh)
-    run.epoch, run.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
-    run.best = meta.get("best", run.best)
-    run.last_eval = meta.get("last_eval")
-    if jax.process_index() == 0:
-        metrics_lib.truncate_after(workdir, int(meta["global_step"]))
-    report.echo(f"resuming {workdir} at epoch {run.epoch + 1}, step {run.step_in_epoch} "
-                f"(global step {meta['global_step']}) on {report.devices()}")
-    return state
-
-
-def _finish(config, workdir: str, run: RunState, clock: stages.Clock) -> dict:
-    """result.json (with where the wall time went) and the closing lines of a run that ended."""
-    if run.result is None:
+def _finish(config, run: RunState, clock: stages.Clock) -> dict:
+    """result.json (with where the wall time went) and the closing lines of a run that
+    ended."""
+    if run.tracks[0].result is None:
         raise TrainingError("no training step was run: num_epochs is already reached in this "
                             "workdir; raise --config.num_epochs to train further")
     note = None
     if run.stop_reason == "not_learning":
-        note = (f"stopped: best top-1 {run.best['top1']:.2f}% < {NOT_LEARNING_TOP1}% after "
-                f"epoch {run.last_eval['epoch']} (stop_if_not_learning)")
-    report.finished(config, workdir, run.result, note, clock.breakdown())
-    return run.result
+        track = run.tracks[0]
+        note = (f"stopped: best top-1 {track.best['top1']:.2f}% < {NOT_LEARNING_TOP1}% after "
+                f"epoch {track.last_eval['epoch']} (stop_if_not_learning)")
+    if members.is_program(run.tracks):
+        return members.finished(run.tracks, note, clock.breakdown())
+    report.finished(config, run.tracks[0].workdir, run.tracks[0].result, note,
+                    clock.breakdown())
+    return run.tracks[0].result
 
 
 # ---------------------------------------------------------------------------
@@ -282,12 +262,14 @@ def _evaluation_due(config, run: RunState) -> bool:
 
 def _begin_epoch(ctx: RunContext, run: RunState, state):
     """(state with this epoch's keep fraction k_t, the epoch's remaining batches)."""
-    config = ctx.config
-    run.keep_fraction = (ops.global_keep_schedule(run.epoch, float(config.keep_fraction),
-                                                  int(config.prune_ramp_epochs))
-                         if config.pruning == "global" else float(config.keep_fraction))
-    state = train.with_keep_fraction(state, run.keep_fraction, parallel.replicated(ctx.mesh))
-    run.pending, run.epoch_sums = [], (0.0, 0.0, 0)
+    for track in run.tracks:
+        config = track.config
+        track.keep_fraction = (ops.global_keep_schedule(
+            run.epoch, float(config.keep_fraction), int(config.prune_ramp_epochs))
+            if config.pruning == "global" else float(config.keep_fraction))
+        track.epoch_sums = (0.0, 0.0, 0)
+    state = members.with_keep_fraction(state, run.tracks, parallel.replicated(ctx.mesh))
+    run.pending = []
     run.window_start, run.window_images = time.time(), 0
     if jax.process_count() == 1 and ctx.stop.received:  # e.g. during the last evaluation
         run.stop_reason = "signal"
@@ -327,104 +309,123 @@ def _train_step(ctx: RunContext, run: RunState, state, batch):
     if sync_point or run.stop_reason:
         _log_train(ctx, run)
     if checkpoint_now and not run.stop_reason:
-        ctx.checkpointer.save(state, _meta(config, run))
+        _save(run, state)
     return state
 
 
+def _save(run: RunState, state) -> None:
+    """Every track's checkpoint of where the run is."""
+    for track, track_state in zip(run.tracks, members.split(state, run.tracks)):
+        track.checkpointer.save(track_state, _meta(track, run))
+
+
 def _log_train(ctx: RunContext, run: RunState) -> None:
-    """Fetches the steps' metrics since the last log, stops on a non-finite one, writes the
-    interval's record and updates the progress bar."""
+    """Fetches the steps' metrics since the last log, stops on a non-finite one (of any
+    member), writes each track's record of the interval and updates the progress bar."""
     step, spe = run.step, run.steps_per_epoch
     fetched = parallel.to_host(run.pending)
     run.pending = []
-    for j, f in enumerate(fetched):
-        if not bool(f["finite"]):
-            bad = step - len(fetched) + j + 1
+    mine = [members.step_metrics(fetched, track) for track in run.tracks]
+    for j in range(len(fetched)):
+        bad = [t.name for t, m in zip(run.tracks, mine) if not bool(m[j]["finite"])]
+        if bad:
+            who = f" in member{'s' if len(bad) > 1 else ''} {', '.join(bad)}" if bad[0] else ""
             raise TrainingError(
-                f"non-finite loss or gradients at global step {bad} (epoch {run.epoch + 1}); "
-                "training stopped and nothing was saved after it. Last good checkpoint "
-                f"(kept intact): {ctx.checkpointer.describe_latest()}. Lower "
-                "--config.learning_rate or check the data, then run again")
+                f"non-finite loss or gradients at global step {step - len(fetched) + j + 1} "
+                f"(epoch {run.epoch + 1}){who}; training stopped and nothing was saved after "
+                f"it. Last good checkpoint (kept intact): {members.describe_latest(run.tracks)}. "
+                "Lower --config.learning_rate or check the data, then run again")
     images_per_s = run.window_images / max(time.time() - run.window_start, 1e-9)
-    losses = [float(f["loss"]) for f in fetched]
-    accs = [float(f["top1"]) for f in fetched]
-    top5 = 100.0 * float(np.mean([float(f["top5"]) for f in fetched]))
-    loss_sum, acc_sum, count = run.epoch_sums
-    run.epoch_sums = (loss_sum + sum(losses), acc_sum + sum(accs), count + len(fetched))
-    ctx.logger.write(dict(step=step, epoch=run.epoch + run.step_in_epoch / spe, split="train",
-                          loss=float(np.mean(losses)), top1=100.0 * float(np.mean(accs)),
-                          top5=top5, lr=float(ctx.schedule(step - 1)),
-                          images_per_s=images_per_s))
-    loss_sum, acc_sum, count = run.epoch_sums
+    lr = float(ctx.schedule(step - 1))
+    for track, track_metrics in zip(run.tracks, mine):
+        losses = [float(f["loss"]) for f in track_metrics]
+        accs = [float(f["top1"]) for f in track_metrics]
+        top5 = 100.0 * float(np.mean([float(f["top5"]) for f in track_metrics]))
+        loss_sum, acc_sum, count = track.epoch_sums
+        track.epoch_sums = (loss_sum + sum(losses), acc_sum + sum(accs), count + len(losses))
+        track.logger.write(dict(step=step, epoch=run.epoch + run.step_in_epoch / spe,
+                                split="train", loss=float(np.mean(losses)),
+                                top1=100.0 * float(np.mean(accs)), top5=top5, lr=lr,
+                                images_per_s=images_per_s))
+    loss_sum, acc_sum, count = (sum(t.epoch_sums[i] for t in run.tracks) for i in range(3))
     ctx.bar.update(run.epoch, run.step_in_epoch, loss_sum / count, acc_sum / count,
-                   images_per_s)
+                   images_per_s * len(run.tracks))  # a member program: all members' images
     run.window_start, run.window_images = time.time(), 0
 
 
 def _interrupt(ctx: RunContext, run: RunState, state) -> None:
     """Saves where the run stopped (and a best epoch still held on the host), then raises
     ``Interrupted`` with the message ``main`` turns into the resume instructions."""
-    ctx.checkpointer.save(state, _meta(ctx.config, run))
-    if run.pending_best is not None:
-        ctx.checkpointer.save(*run.pending_best, best=True, latest=False)
+    _save(run, state)
+    for track in run.tracks:
+        if track.pending_best is not None:
+            track.checkpointer.save(*track.pending_best, best=True, latest=False)
     # Multi-process: a process without the signal stops because another had it.
     name = spoken(ctx.stop.received)
     raise Interrupted(
         f"stopped by {name} at epoch {run.epoch + 1}, step {run.step_in_epoch} "
         f"of {run.steps_per_epoch} (global step {run.step}); checkpoint saved: "
-        f"{ctx.checkpointer.describe_latest()}",
+        f"{members.describe_latest(run.tracks)}",
         exit_code=130 if ctx.stop.received == "SIGINT" else 143)
 
 
-def _evaluate_and_log(ctx: RunContext, run: RunState, state) -> bool:
-    """Evaluates, updates the best top-1 and logs; returns whether this is a new best."""
+def _evaluate_and_log(ctx: RunContext, run: RunState, state) -> list[bool]:
+    """Evaluates, updates each track's best top-1 and logs; returns which are a new best."""
     with ctx.clock.section("evaluation"):
-        ev = train.evaluate(ctx.p_eval, state, ctx.ds)
+        evs = members.evaluate(ctx.p_eval, state, ctx.ds, run.tracks)
     finished = run.step_in_epoch >= run.steps_per_epoch
     epoch = run.epoch + 1 if finished else run.epoch  # epochs completed
-    run.last_eval = dict(ev, epoch=epoch, split=ctx.ds.eval_split_name)
-    run.best, new_best = update_best(run.best, ev, epoch)
-    ctx.logger.write(dict(step=run.step, epoch=epoch, split="eval", loss=ev["loss"],
-                          top1=ev["top1"], top5=ev["top5"], best_top1=run.best["top1"],
-                          lr=float(ctx.schedule(max(run.step - 1, 0))),
-                          keep_fraction=run.keep_fraction))
+    lr = float(ctx.schedule(max(run.step - 1, 0)))
     num_epochs = ctx.config.num_epochs
     where = (f"epoch {epoch}/{num_epochs}" if finished else
              f"epoch {run.epoch + 1}/{num_epochs} step {run.step_in_epoch}/{run.steps_per_epoch}")
-    report.echo(f"{where}: eval ({ctx.ds.eval_split_name}) "
-                f"top-1 {ev['top1']:.2f}% top-5 {ev['top5']:.2f}% loss {ev['loss']:.4f} "
-                f"(best top-1 {run.best['top1']:.2f}% at epoch {run.best['epoch']})")
+    new_best = []
+    for track, ev in zip(run.tracks, evs):
+        track.last_eval = dict(ev, epoch=epoch, split=ctx.ds.eval_split_name)
+        track.best, is_new = update_best(track.best, ev, epoch)
+        new_best.append(is_new)
+        track.logger.write(dict(step=run.step, epoch=epoch, split="eval", loss=ev["loss"],
+                                top1=ev["top1"], top5=ev["top5"], best_top1=track.best["top1"],
+                                lr=lr, keep_fraction=track.keep_fraction))
+        report.echo(f"{track.label}{where}: eval ({ctx.ds.eval_split_name}) "
+                    f"top-1 {ev['top1']:.2f}% top-5 {ev['top5']:.2f}% loss {ev['loss']:.4f} "
+                    f"(best top-1 {track.best['top1']:.2f}% at epoch {track.best['epoch']})")
     return new_best
 
 
-def _after_evaluation(ctx: RunContext, run: RunState, state, new_best: bool) -> bool:
+def _after_evaluation(ctx: RunContext, run: RunState, state, new_best: list[bool]) -> bool:
     """Decides whether the run ends, moves to the next epoch and checkpoints what is due;
     returns whether the run ended."""
     config, step = ctx.config, run.step
     limit = _limit_reached(config, step)
     not_learning = (config.stop_if_not_learning and run.epoch > 1
-                    and run.best["top1"] < NOT_LEARNING_TOP1)
-    epoch = run.last_eval["epoch"]
+                    and all(t.best["top1"] < NOT_LEARNING_TOP1 for t in run.tracks))
+    epoch = run.tracks[0].last_eval["epoch"]
     if run.step_in_epoch >= run.steps_per_epoch:
         run.epoch, run.step_in_epoch = run.epoch + 1, 0
     last = run.epoch >= config.num_epochs or limit or not_learning
     if not_learning:
         run.stop_reason = "not_learning"
-    meta = _meta(config, run)
-    if last:
-        run.result = meta["result"] = report.run_result(
-            config, ctx.ds, run.best, run.last_eval, step, epoch, ctx.clock.elapsed(),
-            run.stop_reason or ("max_train_steps" if limit else None))
-    if last or itstime(epoch, config.checkpoint_every_epochs):
-        ctx.checkpointer.save(state, meta, best=new_best)
-        if run.pending_best is not None and not new_best:
-            ctx.checkpointer.save(*run.pending_best, best=True, latest=False)
-        run.pending_best = None
-    elif new_best:
-        # Keep the best epoch's state on the host and write it with the next checkpoint: a
-        # full save at every new best would cost more than a short CIFAR epoch (and ~1 GB
-        # per save for WRN-50-2).
-        run.pending_best = (parallel.to_host(state), meta)
+    save = last or itstime(epoch, config.checkpoint_every_epochs)
+    states = (members.split(state, run.tracks) if save or any(new_best)
+              else [None] * len(run.tracks))
+    for track, track_state, is_new in zip(run.tracks, states, new_best):
+        meta = _meta(track, run)
+        if last:
+            track.result = meta["result"] = report.run_result(
+                track.config, ctx.ds, track.best, track.last_eval, step, epoch,
+                ctx.clock.elapsed(),
+                run.stop_reason or ("max_train_steps" if limit else None))
+        if save:
+            track.checkpointer.save(track_state, meta, best=is_new)
+            if track.pending_best is not None and not is_new:
+                track.checkpointer.save(*track.pending_best, best=True, latest=False)
+            track.pending_best = None
+        elif is_new:
+            # Keep the best epoch's state on the host and write it with the next checkpoint:
+            # a full save at every new best would cost more than a short CIFAR epoch (and
+            # ~1 GB per save for WRN-50-2).
+            track.pending_best = (parallel.to_host(track_state), meta)
     if limit:
         run.stop_reason = run.stop_reason or "max_train_steps"
     return last
@@ -438,11 +439,12 @@ def update_best(best: dict, ev: dict, epoch: int) -> tuple[dict, bool]:
     return dict(best, top5=top5), False
 
 
-def _meta(config, run: RunState) -> dict:
-    """The checkpoint's JSON record: where the run continues, its best and last eval, the
-    config and its fingerprint."""
+def _meta(track, run: RunState) -> dict:
+    """A track's checkpoint record: where the run continues, its best and last eval, its
+    config and fingerprint."""
+    config = track.config
     return dict(epoch=int(run.epoch), step_in_epoch=int(run.step_in_epoch),
-                global_step=int(run.step), best=dict(run.best), last_eval=run.last_eval,
-                keep_fraction=float(run.keep_fraction), model=config.model,
+                global_step=int(run.step), best=dict(track.best), last_eval=track.last_eval,
+                keep_fraction=float(track.keep_fraction), model=config.model,
                 fingerprint=config_utils.fingerprint(config),
                 config=json.loads(config_utils.to_json(config)), time=time.time())

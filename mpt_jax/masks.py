@@ -19,6 +19,13 @@ Layers receive their rule (``rule_for_pruning``); the training step builds its r
 the config (``rule_from_config``) and merges ``rule.precompute(params, keep_fraction)``
 into the variables it applies the model with.
 
+Kept counts per layer can also come in as data: a ``kept`` collection
+(``kept[<layer path>]["count"]``, int32 scalars, ``kept_counts``) replaces the count of the
+layer's static keep fraction in both top-k rules. A member program (``mpt_jax.members``)
+trains several keep fractions in one vmapped step this way, each member with the exact
+host counts of its own keep fraction (a float32 keep fraction on the device could miss a
+count by one, see ``kept_for``).
+
 Counts (fixed conventions, see docs of ``kept_count``): ``keep_fraction`` is the fraction
 KEPT (0.2 = "80 % pruned"); a layer of n weights keeps n - floor((1 - keep_fraction) n),
 evaluated in float64 on the host.
@@ -42,6 +49,7 @@ MASK_IMPLS = ("auto", "per_layer", "batched")
 DEFAULT_METHOD = "radix_many"  # the batched method of the GPU default (benchmarks/RESULTS.md)
 BLOCK = select_many.BLOCK
 MASKS = "masks"      # collection of the precomputed masks: masks[<layer path>]["mask"]
+KEPT = "kept"        # collection of per-layer kept counts: kept[<layer path>]["count"]
 PRUNING_COLLECTION = "pruning"  # collection of the global threshold: [<layer>]["threshold"]
 
 # Name scope of the mask search in the compiled step, so that a profile
@@ -144,16 +152,22 @@ class TopK:
     training step precomputed for it)."""
 
     def layer_mask(self, layer, scores: Array, keep_fraction: float):
-        """(mask, count) of ``layer`` (a Flax module, for its variables)."""
+        """(mask, count) of ``layer`` (a Flax module, for its variables); the count is the
+        layer's entry of the ``kept`` collection when one is given."""
+        given = layer.has_variable(KEPT, "count")
+        kept = (layer.get_variable(KEPT, "count") if given
+                else kept_count(scores.size, keep_fraction))
         if layer.has_variable(MASKS, "mask"):
             # Handed in by the training step (BatchedTopK.precompute); only read, never
             # created at init. Same kept set, found for all layers at once.
-            return layer.get_variable(MASKS, "mask"), kept_count(scores.size, keep_fraction)
+            return layer.get_variable(MASKS, "mask"), kept
+        if given:
+            return select.topk_mask(jnp.abs(jax.lax.stop_gradient(scores)), kept), kept
         return topk(scores, keep_fraction)
 
-    def precompute(self, params, keep_fraction: float) -> dict:
+    def precompute(self, params, keep_fraction: float, counts: Any = None) -> dict:
         """Variables to add before ``model.apply``: none, the layers search themselves."""
-        del params, keep_fraction
+        del params, keep_fraction, counts
         return {}
 
 
@@ -168,10 +182,11 @@ class BatchedTopK(TopK):
     def __post_init__(self):
         select_many.check_method(self.method)
 
-    def precompute(self, params, keep_fraction: float) -> dict:
-        """``{"masks": ...}``: a bool mask for every ``scores`` leaf of ``params``."""
+    def precompute(self, params, keep_fraction: float, counts: Any = None) -> dict:
+        """``{"masks": ...}``: a bool mask for every ``scores`` leaf of ``params``, keeping
+        the counts of ``keep_fraction`` or those of the ``kept`` collection ``counts``."""
         found = params_masks(jax.lax.stop_gradient(params), keep_fraction, self.method,
-                             self.block)
+                             self.block, counts)
         return {MASKS: found} if found else {}
 
 
@@ -185,10 +200,10 @@ class GlobalThreshold:
         tau = layer.variable(PRUNING_COLLECTION, "threshold", lambda: jnp.array(-jnp.inf))
         return above_threshold(scores, tau.value)
 
-    def precompute(self, params, keep_fraction: float) -> dict:
+    def precompute(self, params, keep_fraction: float, counts: Any = None) -> dict:
         """Nothing: tau depends on the kept count of the ramp, which the training state holds
         (the step writes it with ``global_threshold_for_count``)."""
-        del params, keep_fraction
+        del params, keep_fraction, counts
         return {}
 
 
@@ -232,6 +247,12 @@ def check_method(method: str) -> str:
     return select_many.check_method(method)
 
 
+def takes_traced_counts(method: str) -> bool:
+    """Whether the batched ``method`` also finds the masks of counts given as data (a
+    ``kept`` collection): every built-in one; not the benchmarks' registered variants."""
+    return select_many.is_builtin(select_many.check_method(method))
+
+
 def layer_masks(scores: Any, keep_fraction: float, method: str = "compare",
                 block: int = BLOCK) -> Any:
     """Boolean top-k masks of every leaf of the pytree ``scores`` (same structure).
@@ -267,27 +288,50 @@ def score_paths(params: Any) -> list[tuple]:
             if getattr(path[-1], "key", None) == "scores"]
 
 
-def params_masks(params: Any, keep_fraction: float, method: str = "compare",
-                 block: int = BLOCK) -> dict:
-    """The ``masks`` collection for ``model.apply``: for every ``params[...]["scores"]`` a
-    bool ``masks[...]["mask"]`` (layer_masks of all of them together). {} if none."""
-    paths = score_paths(params)
-    if not paths:
-        return {}
-    leaves = []
-    for path in paths:
-        node = params
-        for key in path:
-            node = node[key]
-        leaves.append(node)
-    found = layer_masks(leaves, keep_fraction, method, block)
+def _at(tree: Any, path: Sequence) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _layer_tree(paths: Sequence[tuple], leaf_name: str, values: Sequence) -> dict:
+    """{layer path: {leaf_name: value}} for the ``scores`` paths of a params tree."""
     out: dict = {}
-    for path, m in zip(paths, found):
+    for path, value in zip(paths, values):
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node["mask"] = m
+        node[leaf_name] = value
     return out
+
+
+def params_masks(params: Any, keep_fraction: float, method: str = "compare",
+                 block: int = BLOCK, counts: Any = None) -> dict:
+    """The ``masks`` collection for ``model.apply``: for every ``params[...]["scores"]`` a
+    bool ``masks[...]["mask"]`` (layer_masks of all of them together). {} if none.
+    ``counts``: a ``kept`` collection (``kept_counts``) whose counts, possibly traced,
+    replace those of ``keep_fraction``."""
+    paths = score_paths(params)
+    if not paths:
+        return {}
+    leaves = [_at(params, path) for path in paths]
+    if counts is None:
+        found = layer_masks(leaves, keep_fraction, method, block)
+    else:
+        check_method(method)
+        ks = [_at(counts, path[:-1])["count"] for path in paths]
+        found = select_many.topk_masks([jnp.asarray(x) for x in leaves], ks, method, block)
+    return _layer_tree(paths, "mask", found)
+
+
+def kept_counts(params: Any, keep_fraction: float) -> dict:
+    """The ``kept`` collection of ``keep_fraction``: for every ``params[...]["scores"]`` an
+    int32 ``kept[...]["count"]`` = ``kept_count(n, keep_fraction)`` (float64, on the host).
+    {} if the params hold no scores."""
+    paths = score_paths(params)
+    return _layer_tree(paths, "count", [
+        np.int32(kept_count(math.prod(np.shape(_at(params, path))), keep_fraction))
+        for path in paths])
 
 
 # ---------------------------------------------------------------------------

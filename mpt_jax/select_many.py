@@ -75,6 +75,11 @@ def check_method(method: str) -> str:
                      f"compare<D> (D = 1..8 digit bits, e.g. compare6){extra}")
 
 
+def is_builtin(method: str) -> bool:
+    """Whether ``method`` is one of this module's own methods, not a registered variant."""
+    return method in METHODS or bool(_COMPARE_RE.match(method))
+
+
 def digit_widths(bits: int) -> tuple[int, ...]:
     """Digit widths (most significant first) covering bits 30..0 with D-bit digits."""
     full, rem = divmod(31, bits)
@@ -120,7 +125,8 @@ def _radix_many_select(leaves: Sequence[Array], ks: Sequence[int]) -> Array:
 
 def topk_masks(leaves: Sequence[Array], ks: Sequence[int], method: str = "compare",
                block: int = BLOCK) -> list[Array]:
-    """Boolean masks of the ``ks[i]`` largest |leaves[i]| (static Python ints), ties to the
+    """Boolean masks of the ``ks[i]`` largest |leaves[i]| (Python ints, or int32 scalars that
+    may be traced; the registered benchmark methods take ints only), ties to the
     lowest flat indices: leaf for leaf identical to ``select.topk_mask(abs(leaf), k)``.
     No gradient flows to the leaves. ``block`` only changes the speed."""
     check_method(method)

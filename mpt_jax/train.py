@@ -4,15 +4,19 @@
              mask_state)
   create_model(config, num_classes) -> nn.Module
   create_train_state(config, model, tx, rng, image_shape) -> TrainState
-  train_step(state, batch, *, apply_fn, tx, label_smoothing, mask_fn) -> (state, metrics)
-  eval_step(state, batch, *, apply_fn, label_smoothing, mask_fn) -> metric sums
+  train_step(state, batch, *, apply_fn, tx, label_smoothing, mask_fn, kept) -> (state, metrics)
+  eval_step(state, batch, *, apply_fn, label_smoothing, mask_fn, kept) -> metric sums
   make_steps(config, model, tx) -> (train step, eval step) with everything bound, un-jitted
   make_parallel_steps(config, model, tx, mesh) -> (jitted train step, jitted eval step)
   evaluate(p_eval, state, ds) -> dict(top1, top5, loss, count) over the whole eval split
+  eval_summary(sums, ds) -> the same dict from the fetched per-batch sums
 
 The steps never see the config: ``make_steps`` reads it once, outside jit, and binds plain
 functions and values (the model's ``apply``, the optax transformation, the label smoothing
-and the mask rule). The loop that drives them is mpt_jax.loop.
+and the mask rule). The loop that drives them is mpt_jax.loop. ``kept``, a ``kept``
+collection of per-layer counts (``masks.kept_counts``), replaces the counts of the
+config's keep fraction: mpt_jax.members vmaps the steps over members of different keep
+fractions this way; single runs pass none.
 """
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ from flax import serialization, struct
 
 from mpt_jax import config_utils, masks as masks_lib, ops, optim, parallel, warm_masks
 
-# (params, mask_state) -> (the "masks" collection for model.apply, the new mask_state)
-MaskFn = Callable[[Any, Any], tuple[dict, Any]]
+# (params, mask_state[, kept]) -> (the "masks" collection for model.apply, the new
+# mask_state); ``kept``: a member program's per-layer kept counts
+MaskFn = Callable[..., tuple[dict, Any]]
 
 
 class TrainState(struct.PyTreeNode):
@@ -156,8 +161,8 @@ def mask_rule(config) -> MaskFn | None:
     if warm_masks.uses_carried_state(config):
         return functools.partial(warm_masks.step_masks, keep_fraction=keep_fraction,
                                  block=rule.block)
-    return lambda params, carried: (
-        rule.precompute(params, keep_fraction).get(masks_lib.MASKS, {}), carried)
+    return lambda params, carried, kept=None: (
+        rule.precompute(params, keep_fraction, kept).get(masks_lib.MASKS, {}), carried)
 
 
 def make_steps(config, model: nn.Module, tx: optax.GradientTransformation):
@@ -214,15 +219,21 @@ def with_global_threshold(state: TrainState) -> dict:
 # Steps (pure, un-jitted)
 
 
-def _step_masks(state: TrainState, mask_fn: MaskFn | None) -> tuple[dict, Any]:
+def _step_masks(state: TrainState, mask_fn: MaskFn | None,
+                kept: dict | None = None) -> tuple[dict, Any]:
     if mask_fn is None:
         return {}, state.mask_state
     with jax.named_scope(ops.SCOPE_MASK):
-        return mask_fn(jax.lax.stop_gradient(state.params), state.mask_state)
+        params = jax.lax.stop_gradient(state.params)
+        if kept is None:
+            return mask_fn(params, state.mask_state)
+        return mask_fn(params, state.mask_state, kept)
 
 
-def _with_masks(variables: dict, masks: dict) -> dict:
-    return {**variables, "masks": masks} if masks else variables
+def _with_masks(variables: dict, masks: dict, kept: dict | None = None) -> dict:
+    if kept:
+        variables = {**variables, masks_lib.KEPT: kept}
+    return {**variables, masks_lib.MASKS: masks} if masks else variables
 
 
 def _all_finite(tree) -> jax.Array:
@@ -232,18 +243,20 @@ def _all_finite(tree) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
                tx: optax.GradientTransformation, label_smoothing: float = 0.0,
-               mask_fn: MaskFn | None = None) -> tuple[TrainState, dict]:
+               mask_fn: MaskFn | None = None, kept: dict | None = None
+               ) -> tuple[TrainState, dict]:
     """One optimizer step. Returns the new state and batch metrics.
 
     ``apply_fn``: the model's ``apply``; ``mask_fn``: params -> "masks" collection, or None
-    (see ``mask_rule``). Non-finite loss or gradients leave the state unchanged and report
-    finite=False: the host stops the run instead of training on NaNs.
+    (see ``mask_rule``); ``kept``: per-layer kept counts replacing the keep fraction's, or
+    None. Non-finite loss or gradients leave the state unchanged and report finite=False:
+    the host stops the run instead of training on NaNs.
     """
     pruning = with_global_threshold(state)  # the global threshold before every forward pass
-    masks, mask_state = _step_masks(state, mask_fn)
+    masks, mask_state = _step_masks(state, mask_fn, kept)
 
     def loss_fn(params):
-        logits, updates = apply_fn(_with_masks(state.variables(params, pruning), masks),
+        logits, updates = apply_fn(_with_masks(state.variables(params, pruning), masks, kept),
                                    batch["image"], train=True, mutable=["batch_stats"])
         loss = optim.cross_entropy(logits, batch["label"], label_smoothing).mean()
         return loss, (logits, updates)
@@ -265,13 +278,15 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
 
 
 def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable,
-              label_smoothing: float = 0.0, mask_fn: MaskFn | None = None) -> dict:
+              label_smoothing: float = 0.0, mask_fn: MaskFn | None = None,
+              kept: dict | None = None) -> dict:
     """Sums over the real (mask == 1) rows of one eval batch: top-1 / top-5 correct, loss, count.
 
     The loss is the training criterion, label smoothing included.
     """
     pruning = with_global_threshold(state)
-    variables = _with_masks(state.variables(pruning=pruning), _step_masks(state, mask_fn)[0])
+    variables = _with_masks(state.variables(pruning=pruning),
+                            _step_masks(state, mask_fn, kept)[0], kept)
     logits = apply_fn(variables, batch["image"], train=False)
     labels = batch["label"]
     mask = batch.get("mask")
@@ -288,8 +303,12 @@ def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable,
 def evaluate(p_eval, state, ds) -> dict:
     """top1 / top5 (percent) and mean loss over every eval example exactly once."""
     outs = [p_eval(state, batch) for batch in ds.eval_batches()]
+    return eval_summary(parallel.to_host(outs), ds)
+
+
+def eval_summary(fetched: list, ds) -> dict:
+    """``evaluate``'s result from the fetched per-batch sums of ``eval_step``."""
     # Summed on the host in float64: no eager device ops (each would compile), exact counts.
-    fetched = parallel.to_host(outs)
     sums = {k: float(np.sum([np.float64(o[k]) for o in fetched])) for k in fetched[0]}
     if int(sums["count"]) != int(ds.num_eval):  # the data contract: every example once
         if jax.process_index() == 0:

@@ -153,14 +153,17 @@ DEFAULTS = dict(
     precision='auto', progress_bar=True, prune_ramp_epochs=10, prune_rate=None,
     pruning='layerwise', restart=False, scale_fan='none', schedule='cosine',
     schedule_granularity='epoch', seed=0, stop_if_not_learning=False, tune_batchnorm=False,
-    warmup_epochs=0, weight_decay=0.0001, weight_init='kaiming_normal')
+    warmup_epochs=0, weight_decay=0.0001, weight_init='kaiming_normal',
+    # Added with member programs: unset data_seed follows seed; no members, one run.
+    data_seed=None, members={'keep_fraction': (), 'seed': ()})
 
 
 def test_base_config_is_the_field_table():
     c = config_utils.base_config().to_dict()
     assert os.path.basename(c.pop("cache_dir")) == "mpt_jax"
     assert c == DEFAULTS
-    assert {type(v) for k, v in c.items() if k != "prune_rate"} == {bool, int, float, str, dict}
+    assert {type(v) for k, v in c.items() if k not in ("prune_rate", "data_seed")} == {
+        bool, int, float, str, dict}
     assert all(type(c[k]) is type(v) for k, v in DEFAULTS.items())  # 0.0 stays a float
     assert sorted(f.name for f in config_fields.FIELDS) == sorted(config_utils.base_config().keys())
     for f in config_fields.FIELDS:

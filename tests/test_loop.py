@@ -10,7 +10,7 @@ import chex
 import jax
 import pytest
 
-from mpt_jax import checkpoint, loop, parallel
+from mpt_jax import checkpoint, loop, members, parallel
 from mpt_jax.errors import CheckpointWriteError, Interrupted, TrainingError
 
 from test_train import TinyDataset, tiny_config  # the same tiny run (6 steps per epoch)
@@ -62,7 +62,10 @@ def test_run_state_global_step():
     assert run.step == 49
     run.step_in_epoch = 22  # an epoch's end that was not evaluated yet
     assert run.step == 66
-    assert loop.RunState(steps_per_epoch=22).best == dict(top1=-1.0, top5=-1.0, epoch=0)
+    # What is recorded per run (best, evaluations, result) lives in its track.
+    track = members.Track(config=None, workdir="", checkpointer=None)
+    assert track.best == dict(top1=-1.0, top5=-1.0, epoch=0)
+    assert track.label == "" and members.Track(None, "", None, name="m", index=0).label == "[m] "
 
 
 # ---------------------------------------------------------------------------

@@ -183,3 +183,68 @@ def test_rule_from_config_and_precompute(monkeypatch):
         np.testing.assert_array_equal(np.asarray(found["masks"][name]["mask"]),
                                       numpy_topk(np.asarray(params[name]["scores"]), 0.3))
     assert masks.BatchedTopK().precompute({"bn": {"scale": jnp.ones(4)}}, 0.3) == {}
+
+
+# ---------------------------------------------------------------------------
+# Kept counts given as data (the "kept" collection of member programs)
+
+
+def test_kept_counts_are_the_float64_host_counts():
+    """kept_counts gives n - floor((1 - k) n) in float64 per scores leaf, also where a
+    float32 keep fraction on the device gives another count (n = 160, k = 0.6: 96 vs 97)."""
+    params = {"classifier": {"scores": jnp.zeros((16, 10))},
+              "block": {"conv": {"scores": jnp.zeros((3, 3, 4, 8))}, "bn": {"scale": jnp.ones(8)}}}
+    counts = masks.kept_counts(params, 0.6)
+    assert jax.tree.structure(counts) == jax.tree.structure(
+        {"classifier": {"count": 0}, "block": {"conv": {"count": 0}}})
+    assert counts["classifier"]["count"].dtype == np.int32
+    assert int(counts["classifier"]["count"]) == 160 - int(np.floor((1.0 - 0.6) * 160)) == 96
+    assert int(counts["block"]["conv"]["count"]) == 288 - int(np.floor(0.4 * 288))
+    float32_route = int(masks.kept_for(160, jnp.float32(0.6)))
+    assert float32_route == 97  # what passing k itself into the vmapped step would give
+    assert masks.kept_counts({"bn": {"scale": jnp.ones(3)}}, 0.5) == {}
+
+
+@pytest.mark.parametrize("method", ("radix_many", "compare", "per_layer"))
+def test_batched_masks_take_traced_counts_under_vmap(method):
+    """params_masks with a vmapped kept collection: member i's masks equal the static path
+    of its own keep fraction, which equals the float64 NumPy reference."""
+    tree = random_tree(1, ties=True)
+    params = jax.tree.map(lambda x: {"scores": x}, tree)
+    keeps = (0.6, 0.2, 1.0)
+    counts = jax.tree.map(lambda *c: jnp.stack(c),
+                          *[masks.kept_counts(params, k) for k in keeps])
+    fn = jax.jit(jax.vmap(lambda kept: masks.params_masks(params, 0.5, method, 7, kept)))
+    found = fn(counts)
+    for i, keep in enumerate(keeps):
+        static = masks.params_masks(params, keep, method, 7)
+        for x, m, s in zip(jax.tree.leaves(params), jax.tree.leaves(found),
+                           jax.tree.leaves(static)):
+            np.testing.assert_array_equal(np.asarray(m[i]), np.asarray(s))
+            np.testing.assert_array_equal(np.asarray(m[i]), numpy_topk(np.asarray(x), keep))
+
+
+def test_layer_reads_its_count_from_the_kept_collection():
+    """A layer given kept counts (vmapped, two members) builds the kernel of each member's
+    keep fraction: the same masks and alpha as a layer built with that keep fraction."""
+    from mpt_jax import layers
+
+    layer = layers.BipropDense(features=10, options=layers.KernelOptions(keep_fraction=0.5))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16)), jnp.float32)
+    variables = layer.init(jax.random.PRNGKey(0), x)
+    keeps = (0.6, 0.25)
+    counts = jax.tree.map(lambda *c: jnp.stack(c),
+                          *[masks.kept_counts(variables["params"], k) for k in keeps])
+    out = jax.jit(jax.vmap(lambda kept: layer.apply({**variables, masks.KEPT: kept}, x)))(counts)
+    for i, keep in enumerate(keeps):
+        alone = layers.BipropDense(features=10, options=layers.KernelOptions(keep_fraction=keep))
+        # A vmapped matmul may round differently (1 ulp); another kept set would not be close.
+        np.testing.assert_allclose(np.asarray(out[i]), np.asarray(alone.apply(variables, x)),
+                                   rtol=1e-6, atol=1e-6)
+    # The float64 reference of member 0's kernel: alpha * sign(W) * M over 96 kept entries.
+    w = np.asarray(variables["frozen"]["weight"], np.float64)
+    m = numpy_topk(np.asarray(variables["params"]["scores"]), 0.6)
+    assert m.sum() == 96
+    kernel = np.abs(w)[m].sum() / 96 * np.sign(w) * m
+    np.testing.assert_allclose(np.asarray(out[0]), np.asarray(x, np.float64) @ kernel,
+                               rtol=1e-5, atol=1e-6)

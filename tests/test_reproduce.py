@@ -25,6 +25,7 @@ def load(name):
 
 
 R = load("reproduce")
+Q = R.queue_plan  # the estimates and the plan (experiments/queue_plan.py), as reproduce uses them
 
 
 def row(run, hardware="1x NVIDIA H200", wall=100.0, parallel=1, epochs=100, config=None):
@@ -56,27 +57,27 @@ def test_estimates_come_from_rows_of_the_same_hardware():
             row("cifar10_resnet18,seed=2", wall=150, parallel=1),   # 150 s
             row("cifar10_resnet18,seed=3", wall=170, parallel=1),   # 170 s: median 150
             row("cifar10_resnet18,seed=4", hardware="1x NVIDIA H100", wall=999)]
-    assert R.estimate_seconds(run, rows, "1x NVIDIA H200") == pytest.approx(150)
-    assert R.estimate_seconds(run, rows, "1x NVIDIA H200", epochs=10) == pytest.approx(15)
-    assert R.estimate_seconds(run, rows, "1x NVIDIA H100") == pytest.approx(999)
+    assert Q.estimate_seconds(run, rows, "1x NVIDIA H200") == pytest.approx(150)
+    assert Q.estimate_seconds(run, rows, "1x NVIDIA H200", epochs=10) == pytest.approx(15)
+    assert Q.estimate_seconds(run, rows, "1x NVIDIA H100") == pytest.approx(999)
     # No row of this key: the same config file's rows (here its dense twin), then the guess.
     dense = next(r for r in R.queue(["table"]) if r.name == "cifar10_resnet18,mode=dense,seed=0")
-    assert R.estimate_seconds(dense, rows[:1], "1x NVIDIA H200") == pytest.approx(130)
-    assert R.estimate_seconds(dense, [], "1x NVIDIA H200") == R.GPU_GUESS_S["resnet18"]
-    assert R.estimate_seconds(dense, [], "1x cpu") == R.GPU_GUESS_S["resnet18"] * R.CPU_FACTOR
+    assert Q.estimate_seconds(dense, rows[:1], "1x NVIDIA H200") == pytest.approx(130)
+    assert Q.estimate_seconds(dense, [], "1x NVIDIA H200") == Q.GPU_GUESS_S["resnet18"]
+    assert Q.estimate_seconds(dense, [], "1x cpu") == Q.GPU_GUESS_S["resnet18"] * Q.CPU_FACTOR
 
 
 def test_plan_respects_the_budget_and_skips_finished_runs():
     runs = R.queue(["table"], seeds=[0])
     hw = "1x NVIDIA H200"
     rows = [row("cifar10_resnet18,seed=0", wall=100)]  # finished earlier
-    guess = {r.name: R.estimate_seconds(r, rows, hw) for r in runs}
-    todo, over = R.plan(runs, rows, hw, budget_s=None)
+    guess = {r.name: Q.estimate_seconds(r, rows, hw) for r in runs}
+    todo, over = Q.plan(runs, rows, hw, budget_s=None)
     assert [r.name for r, _ in todo] == [r.name for r in runs[1:]]
     assert not over
     # Budget 250 s: ResNet-18 dense (100 s, learnt from the config's row) fits, then every
     # run whose estimate still fits the rest, in priority order; the others wait.
-    todo, over = R.plan(runs, rows, hw, budget_s=250)
+    todo, over = Q.plan(runs, rows, hw, budget_s=250)
     started = [r.name for r, _ in todo]
     assert started[0] == "cifar10_resnet18,mode=dense,seed=0"
     assert sum(est for _, est in todo) <= 250
@@ -108,6 +109,69 @@ def test_bad_arguments_are_clear_errors(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_members_group_the_runs_that_differ_in_keep_fraction_and_seed():
+    runs = R.queue(["table", "conv"], seeds=[0, 1])
+    items = Q.group(runs)
+    programs = [p for p in items if isinstance(p, Q.Program)]
+    by_key = {p.key: p for p in programs}
+    # A Conv-4 keep-fraction curve of two seeds: one program of 12 members; its dense
+    # baseline differs in seed only: a program of 2; every run is in exactly one item.
+    curve = by_key["cifar10_conv4"]
+    assert len(curve.runs) == 12 and {r.seed for r in curve.runs} == {0, 1}
+    assert {dict(r.overrides)["keep_fraction"] for r in curve.runs} == set(R.KEEP_FRACTIONS)
+    assert len(by_key["cifar10_conv4,mode=dense"].runs) == 2
+    assert "cifar10_conv4,mode=edgepopup" in by_key and "cifar10_conv4_binact" in by_key
+    names = [r.name for item in items for r in getattr(item, "runs", (item,))]
+    assert sorted(names) == sorted(r.name for r in runs)
+    assert len({p.name for p in programs}) == len(programs)
+    # The ResNet-18 "+BN" row and the plain row differ in more than seed: never one program.
+    assert all(len({r.overrides for r in _without_keep(p)}) == 1 for p in programs)
+    cmd = curve.command("/w", ["data_dir=/d"])
+    # Member i is the i-th run, in queue order (entries, then seeds).
+    assert "--config.members.keep_fraction=0.8,0.8,0.6,0.6,0.5,0.5,0.4,0.4,0.2,0.2,0.1,0.1" in cmd
+    assert "--config.members.seed=0,1,0,1,0,1,0,1,0,1,0,1" in cmd
+    assert "--config.seed=0" in cmd and cmd[-1] == "--config.data_dir=/d"
+    one_seed = Q.group(R.queue(["conv"], seeds=[3]))[0]
+    assert "--config.members.seed=3" in one_seed.command("/w", [])
+    assert Q.group(runs[:1]) == runs[:1]  # a run alone stays a run
+
+
+def _without_keep(program):
+    for run in program.runs:
+        yield R.Run(run.group, run.config, tuple((k, v) for k, v in run.overrides
+                                                 if k != "keep_fraction"), 0, run.ship)
+
+
+def test_program_estimates_divide_by_the_speedup_learnt_from_rows():
+    hw = "1x NVIDIA H200"
+    curve = next(p for p in Q.group(R.queue(["conv"])) if p.key == "cifar10_conv4")
+    single = row("cifar10_conv4,keep_fraction=0.8,seed=0", wall=70)   # 70 s alone
+    assert Q.program_speedup([single], hw) == Q.DEFAULT_SPEEDUP == 1.0
+    assert curve.estimate([single], hw) == pytest.approx(6 * 70)
+    # A program of 6 took 105 s: 17.5 s per member against 70 s alone, a speed-up of 4.
+    program_rows = [dict(row(f"cifar10_conv4,keep_fraction={k},seed=1", wall=105), members="6")
+                    for k in R.KEEP_FRACTIONS]
+    rows = [single] + program_rows
+    assert Q.program_speedup(rows, hw) == pytest.approx(4.0)
+    assert curve.estimate(rows, hw) == pytest.approx(6 * 70 / 4)
+    assert Q.program_speedup(rows, "1x NVIDIA H100") == 1.0  # learnt per hardware
+    # Program rows never stand for one run's time.
+    assert Q.estimate_seconds(curve.runs[1], rows, hw) == pytest.approx(70)
+    todo, over = Q.plan([curve], rows, hw, budget_s=110)
+    assert todo == [(curve, pytest.approx(105))] and over == []
+
+
+def test_dry_run_with_members_prints_the_programs(tmp_path, capsys):
+    assert R.main(["--groups=conv", "--only=conv4,", "--members", "--dry_run",
+                   "--hardware=1x NVIDIA H200", f"--results={tmp_path / 'r.csv'}",
+                   f"--root={tmp_path / 'runs'}"]) == 0
+    out = capsys.readouterr().out
+    assert "13 runs in --groups=conv: 0 finished earlier, 13 to start now" in out
+    assert "cifar10_conv4,members=6-" in out and "(6 members: cifar10_conv4,keep_fraction=0.8" in out
+    assert "--config.members.keep_fraction=0.8,0.6,0.5,0.4,0.2,0.1" in out
+    assert not (tmp_path / "runs").exists()
+
+
 # Real runs: two entries of the embedded digits config (seconds each on CPU).
 DRIVER = f"""
 import sys
@@ -117,6 +181,7 @@ def entries():
     yield "table", "configs/smoke.py", {{}}, (0,), "digits_smoke"
     yield "table", "configs/smoke.py", {{"mode": "dense"}}, (0,), None
     yield "conv", "configs/smoke.py", {{"keep_fraction": 0.25}}, (0,), None
+    yield "conv", "configs/smoke.py", {{"keep_fraction": 0.5}}, (0,), None
 reproduce._entries = entries
 sys.exit(reproduce.main(sys.argv[1:]))
 """
@@ -238,3 +303,26 @@ def test_import_window_merges_new_rows_tickets_and_runs(tmp_path):
     # Importing the same window again adds nothing.
     assert W.import_window(str(archive), str(results), str(tickets), str(runs))["rows"] == 0
     shutil.rmtree(runs)
+
+
+@pytest.mark.slow
+def test_members_run_as_one_program_with_a_row_and_a_ticket_each(tmp_path):
+    """--members: the two keep fractions of the conv group train as one member program;
+    each member gets its row (members=2) from its own workdir and its exported ticket."""
+    out = drive(tmp_path, "--groups=conv", "--members", "--set", "num_epochs=1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "(2 members: smoke,keep_fraction=0.25,seed=0, smoke,keep_fraction=0.5,seed=0)" in out.stdout
+    rows = read_csv(tmp_path / "results.csv")
+    assert set(rows) == {"smoke,keep_fraction=0.25,seed=0", "smoke,keep_fraction=0.5,seed=0"}
+    programs = [d for d in os.listdir(tmp_path / "runs") if ",members=2-" in d]
+    assert len(programs) == 1
+    import json
+    for keep in (0.25, 0.5):
+        r = rows[f"smoke,keep_fraction={keep},seed=0"]
+        member = tmp_path / "runs" / programs[0] / "members" / f"keep_fraction={keep},seed=0"
+        result = json.loads((member / "result.json").read_text())
+        assert float(r["final_top1"]) == result["final_top1"] and result["keep_fraction"] == keep
+        assert r["members"] == "2" and r["overrides"] == f"keep_fraction={keep}"
+        assert (member / "ticket.ticket").exists()
+    again = drive(tmp_path, "--groups=conv", "--members", "--set", "num_epochs=1")
+    assert "2 finished earlier, 0 to start now" in again.stdout

@@ -22,7 +22,7 @@ from mpt_jax.data.in_memory import InMemoryDataset, check_batch_size
 from mpt_jax.data.sources import ArraySource
 from mpt_jax.errors import DataError, DataNotFoundError
 
-__all__ = ["get_dataset", "load_source", "InMemoryDataset", "ArraySource", "DataError",
+__all__ = ["get_dataset", "data_seed", "load_source", "InMemoryDataset", "ArraySource", "DataError",
            "DataNotFoundError", "check_batch_size", "augment", "image_folder", "registry",
            "sources"]
 
@@ -59,6 +59,13 @@ def load_source(config) -> ArraySource:
     return sources.load_tfds_arrays(info, data_dir or None)  # the real test split evaluates
 
 
+def data_seed(config) -> int:
+    """The seed of the data order and the augmentation: ``data_seed``, or ``seed`` when it is
+    unset (so a run's data order follows its seed unless a member program shares one)."""
+    value = _get(config, "data_seed", None)
+    return int(_get(config, "seed", 0) if value is None else value)
+
+
 def get_dataset(config, mesh):
     """The dataset object for `config` on `mesh` (batches sharded over mesh axis "data")."""
     info = registry.get(_get(config, "dataset", "digits"))
@@ -74,5 +81,5 @@ def get_dataset(config, mesh):
     check_batch_size(eval_batch_size, mesh, "eval_batch_size")
     source = load_source(config)
     return InMemoryDataset(source, mesh, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                           seed=int(_get(config, "seed", 0)),
+                           seed=data_seed(config),
                            augment=bool(_get(config, "augment", True)))

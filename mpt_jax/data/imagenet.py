@@ -160,7 +160,10 @@ class ImageNetDataset:
                              ("eval_batch_size", self.eval_batch_size)):
             if value % processes:
                 raise ValueError(f"{field}={value} is not divisible by the {processes} processes")
-        self.seed = int(config.get("seed", 0))
+        # data_seed when set, else seed (mpt_jax.data.data_seed; imported there, not here:
+        # the package's __init__ imports this module).
+        data_seed = config.get("data_seed", None)
+        self.seed = int(config.get("seed", 0) if data_seed is None else data_seed)
         self.augment = bool(config.get("augment", True))
         self._builder = prepare_builder(tfds, config.get("data_dir", "") or None)
         info = self._builder.info
