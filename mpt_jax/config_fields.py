@@ -179,6 +179,9 @@ FIELDS = (
           Range(low=1, off=-1, off_means="no limit")),
     Field("restart", False, bool, "discard an existing checkpoint in the workdir and start "
           "over"),
+    Field("accept_schedule_change", False, bool, "resume although a field that shapes the "
+          "schedule or the data order (num_epochs, learning_rate, batch_size, seed, ...) "
+          "changed; the new values apply from the checkpoint on"),
     Field("stop_if_not_learning", False, bool, "stop a run whose best top-1 is below 2 % "
           "after epoch 2, as the reference"),
     Field("progress_bar", True, bool, "a console progress bar with images/s and ETA"),

@@ -31,7 +31,8 @@ import ml_collections
 import numpy as np
 
 from mpt_jax import checkpoint as ckpt_lib
-from mpt_jax import config_utils, metrics as metrics_lib, ops, optim, parallel, report, train
+from mpt_jax import config_utils, metrics as metrics_lib, ops, optim, parallel, report, resume
+from mpt_jax import train
 from mpt_jax.compilation import CompiledAhead, abstract
 from mpt_jax.errors import DataError, Interrupted, TrainingError, UserError
 from mpt_jax.signals import StopSignal, stop_requested
@@ -79,12 +80,15 @@ class RunState:
     keep_fraction: float = 1.0  # k_t of the current epoch
     first_step: int = 0  # global step this process started from (its first step compiles)
     pending: list = dataclasses.field(default_factory=list)  # device metrics not fetched yet
+    interval: dict = dataclasses.field(default_factory=resume.empty_interval)  # fetched, not logged
     window_start: float = 0.0  # when the current log interval's timing began
     window_images: int = 0  # images trained in it
     epoch_sums: tuple = (0.0, 0.0, 0)  # loss, top-1, steps this epoch (progress bar means)
     pending_best: tuple | None = None  # (host state, meta) of a best epoch not yet written
     stop_reason: str | None = None  # signal | not_learning | max_train_steps
     result: dict | None = None
+    t_start: float = 0.0  # when this process began the run
+    wall_before: list = dataclasses.field(default_factory=list)  # seconds of earlier processes
 
     @property
     def step(self) -> int:
@@ -128,15 +132,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     config_utils.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     hooks = hooks or Hooks()
+    found = resume.open_checkpoint(config, workdir)  # refusals change nothing on disk
+    stored = resume.stored_result(config, workdir, found)
+    if stored is not None:
+        return stored
     checkpointer = ckpt_lib.Checkpointer(workdir, restart=bool(config.restart),
                                          during_save=hooks.during_checkpoint_save)
     try:  # until the loop's own try/finally: close orbax on any error (its threads)
-        meta = checkpointer.latest_meta()
-        stored = _stored_result(config, workdir, meta)
-        if stored is not None:
-            checkpointer.close()
-            return stored
-        ctx, state, run = _prepare(config, workdir, dataset, checkpointer, meta, hooks, t_start)
+        ctx, state, run = _prepare(config, workdir, dataset, checkpointer, found, hooks, t_start)
     except BaseException:
         checkpointer.close()
         raise
@@ -160,20 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
 # Start and end of a run
 
 
-def _stored_result(config, workdir: str, meta: dict | None) -> dict | None:
-    """The stored result when ``workdir`` holds this run, already finished; else None.
-    Refuses a checkpoint of another run."""
-    if meta is None:
-        return None
-    ckpt_lib.check_compatible(meta, config, workdir)
-    limit = config.max_train_steps > 0 and meta.get("global_step", 0) >= config.max_train_steps
-    if not (limit or meta.get("epoch", 0) >= config.num_epochs) or not meta.get("result"):
-        return None
-    report.finished_before(workdir, meta["epoch"], meta["result"])
-    return meta["result"]
-
-
-def _prepare(config, workdir, dataset, checkpointer, meta, hooks, t_start):
+def _prepare(config, workdir, dataset, checkpointer, found, hooks, t_start):
     """(RunContext without logger / bar / stop, the initial or restored state, RunState)."""
     mesh = parallel.make_mesh()
     if dataset is None:
@@ -190,9 +180,9 @@ def _prepare(config, workdir, dataset, checkpointer, meta, hooks, t_start):
                                      dataset.image_shape)
     state = parallel.replicate(state, mesh)
     checkpointer.check_room_for(state)
-    run = RunState(steps_per_epoch=spe)
-    if meta is not None:
-        state = _restore(checkpointer, state, mesh, run, workdir)
+    run = RunState(steps_per_epoch=spe, t_start=t_start)
+    if found is not None:
+        state = resume.restore(checkpointer, found, state, run, workdir)
     else:
         report.announce(config, dataset, model, state)
     run.first_step = run.step
@@ -214,19 +204,6 @@ def _parallel_steps(config, model, tx, mesh, ds):
         p_train = CompiledAhead(p_train, state_shapes, ds.train_batch_shapes())
         p_eval = CompiledAhead(p_eval, state_shapes, ds.eval_batch_shapes())
     return p_train, p_eval
-
-
-def _restore(checkpointer, state, mesh, run: RunState, workdir: str):
-    """The checkpointed state; ``run`` continues from its position, best and last eval."""
-    state, meta = checkpointer.restore(state, mesh)
-    run.epoch, run.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
-    run.best = meta.get("best", run.best)
-    run.last_eval = meta.get("last_eval")
-    if jax.process_index() == 0:
-        metrics_lib.truncate_after(workdir, int(meta["global_step"]))
-    report.echo(f"resuming {workdir} at epoch {run.epoch + 1}, step {run.step_in_epoch} "
-                f"(global step {meta['global_step']}) on {report.devices()}")
-    return state
 
 
 def _finish(config, workdir: str, run: RunState) -> dict:
@@ -285,7 +262,9 @@ def _begin_epoch(ctx: RunContext, run: RunState, state):
                                                   int(config.prune_ramp_epochs))
                          if config.pruning == "global" else float(config.keep_fraction))
     state = train.with_keep_fraction(state, run.keep_fraction, parallel.replicated(ctx.mesh))
-    run.pending, run.epoch_sums = [], (0.0, 0.0, 0)
+    run.pending = []
+    if run.step_in_epoch == 0:  # else resumed inside the epoch: its sums came with the state
+        run.epoch_sums, run.interval = (0.0, 0.0, 0), resume.empty_interval()
     run.window_start, run.window_images = time.time(), 0
     if jax.process_count() == 1 and ctx.stop.received:  # e.g. during the last evaluation
         run.stop_reason = "signal"
@@ -323,35 +302,42 @@ def _train_step(ctx: RunContext, run: RunState, state, batch):
     if stop_requested(ctx.stop, sync_point):
         run.stop_reason = "signal"
     if sync_point or run.stop_reason:
+        _collect(ctx, run)
+    if log_now or limit:  # never at a stop inside an interval: the resumed run logs it whole
         _log_train(ctx, run)
     if checkpoint_now and not run.stop_reason:
         ctx.checkpointer.save(state, _meta(config, run))
     return state
 
 
-def _log_train(ctx: RunContext, run: RunState) -> None:
-    """Fetches the steps' metrics since the last log, stops on a non-finite one, writes the
-    interval's record and updates the progress bar."""
-    step, spe = run.step, run.steps_per_epoch
+def _collect(ctx: RunContext, run: RunState) -> None:
+    """Fetches the steps' metrics since the last fetch into the open log interval; stops on a
+    non-finite one before anything after it is logged or saved."""
     fetched = parallel.to_host(run.pending)
     run.pending = []
     for j, f in enumerate(fetched):
         if not bool(f["finite"]):
-            bad = step - len(fetched) + j + 1
+            bad = run.step - len(fetched) + j + 1
             raise TrainingError(
                 f"non-finite loss or gradients at global step {bad} (epoch {run.epoch + 1}); "
                 "training stopped and nothing was saved after it. Last good checkpoint "
                 f"(kept intact): {ctx.checkpointer.describe_latest()}. Lower "
                 "--config.learning_rate or check the data, then run again")
+    for key in resume.METRICS:
+        run.interval[key] += [float(f[key]) for f in fetched]
+
+
+def _log_train(ctx: RunContext, run: RunState) -> None:
+    """Writes the log interval's record and updates the progress bar."""
+    step, spe = run.step, run.steps_per_epoch
     images_per_s = run.window_images / max(time.time() - run.window_start, 1e-9)
-    losses = [float(f["loss"]) for f in fetched]
-    accs = [float(f["top1"]) for f in fetched]
-    top5 = 100.0 * float(np.mean([float(f["top5"]) for f in fetched]))
+    losses, accs, top5 = (run.interval[k] for k in resume.METRICS)
+    run.interval = resume.empty_interval()
     loss_sum, acc_sum, count = run.epoch_sums
-    run.epoch_sums = (loss_sum + sum(losses), acc_sum + sum(accs), count + len(fetched))
+    run.epoch_sums = (loss_sum + sum(losses), acc_sum + sum(accs), count + len(losses))
     ctx.logger.write(dict(step=step, epoch=run.epoch + run.step_in_epoch / spe, split="train",
                           loss=float(np.mean(losses)), top1=100.0 * float(np.mean(accs)),
-                          top5=top5, lr=float(ctx.schedule(step - 1)),
+                          top5=100.0 * float(np.mean(top5)), lr=float(ctx.schedule(step - 1)),
                           images_per_s=images_per_s))
     loss_sum, acc_sum, count = run.epoch_sums
     ctx.bar.update(run.epoch, run.step_in_epoch, loss_sum / count, acc_sum / count,
@@ -409,9 +395,11 @@ def _after_evaluation(ctx: RunContext, run: RunState, state, new_best: bool) -> 
         run.stop_reason = "not_learning"
     meta = _meta(config, run)
     if last:
+        parts = meta["wall_seconds_parts"]  # every process of the run, this one up to now
         run.result = meta["result"] = report.run_result(
-            config, ctx.ds, run.best, run.last_eval, step, epoch, time.time() - ctx.t_start,
+            config, ctx.ds, run.best, run.last_eval, step, epoch, sum(parts),
             run.stop_reason or ("max_train_steps" if limit else None))
+        run.result["wall_seconds_parts"] = parts
     if last or itstime(epoch, config.checkpoint_every_epochs):
         ctx.checkpointer.save(state, meta, best=new_best)
         if run.pending_best is not None and not new_best:
@@ -437,9 +425,10 @@ def update_best(best: dict, ev: dict, epoch: int) -> tuple[dict, bool]:
 
 def _meta(config, run: RunState) -> dict:
     """The checkpoint's JSON record: where the run continues, its best and last eval, the
-    config and its fingerprint."""
+    config and its fingerprint, what the resumed run needs to log as if never stopped."""
     return dict(epoch=int(run.epoch), step_in_epoch=int(run.step_in_epoch),
                 global_step=int(run.step), best=dict(run.best), last_eval=run.last_eval,
                 keep_fraction=float(run.keep_fraction), model=config.model,
                 fingerprint=config_utils.fingerprint(config),
-                config=json.loads(config_utils.to_json(config)), time=time.time())
+                config=json.loads(config_utils.to_json(config)), time=time.time(),
+                **resume.meta_fields(run))

@@ -94,6 +94,7 @@ def tensorboard_scalars(workdir):
 def result(workdir):
     r = json.load(open(os.path.join(workdir, "result.json")))
     r.pop("wall_seconds")
+    r.pop("wall_seconds_parts")
     return r
 
 
