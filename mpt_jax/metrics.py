@@ -100,7 +100,7 @@ class MetricsLogger:
             raise WorkdirWriteError(
                 f"could not write the logs in {os.path.dirname(self.jsonl_path)} "
                 f"({e.strerror or e}); the checkpoints written so far are intact: free disk "
-                "space and run the same command again to resume") from None
+                "space (or fix the workdir) and run the same command again to resume") from None
 
     def close(self) -> None:
         if self.enabled:
