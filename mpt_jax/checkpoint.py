@@ -27,8 +27,6 @@ temporary directory, so it can pause there (for a real SIGKILL) or raise (a full
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -40,10 +38,13 @@ from typing import Callable
 import jax
 import numpy as np
 
+from mpt_jax import integrity
 from mpt_jax.errors import CheckpointError, CheckpointWriteError, one_line
+from mpt_jax.integrity import Found, check_which, describe, find_checkpoint, read_manifest, \
+    step_dirs, write_manifest
 
-MANIFEST = "mpt_manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST = integrity.MANIFEST  # part of this module's API, as find_checkpoint and Found
+
 DAMAGED = "damaged"  # <workdir>/checkpoints/damaged/: saves set aside, kept for inspection
 
 
@@ -98,150 +99,6 @@ def _remove_partial_saves(directory: str) -> None:
     for name in os.listdir(directory):
         if ".orbax-checkpoint-tmp" in name:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------
-# Checksum manifests
-
-
-def _digest(path: str) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            size += len(block)
-    return size, h.hexdigest()
-
-
-def _files(step_dir: str) -> list[str]:
-    """Every file of a save (relative paths, sorted), the manifest excluded."""
-    out = []
-    for root, dirs, names in os.walk(step_dir):
-        dirs.sort()
-        out += [os.path.relpath(os.path.join(root, n), step_dir) for n in names]
-    return sorted(p for p in out if p != MANIFEST and not p.startswith(MANIFEST + "."))
-
-
-def _sealed(body: dict) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def write_manifest(step_dir: str, meta: dict) -> None:
-    """``<step_dir>/mpt_manifest.json``: size + sha256 of every file, ``meta`` and its own
-    sha256; written to a temporary name, synced and renamed (a kill leaves none or all)."""
-    body = dict(version=MANIFEST_VERSION, meta=meta,
-                files={p: list(_digest(os.path.join(step_dir, p))) for p in _files(step_dir)})
-    body["sha256"] = _sealed(body)
-    tmp = os.path.join(step_dir, f"{MANIFEST}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(body, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(step_dir, MANIFEST))
-    fd = os.open(step_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself survives a power loss
-    finally:
-        os.close(fd)
-
-
-def read_manifest(step_dir: str) -> tuple[dict | None, str | None]:
-    """(manifest, None) when the manifest is there and intact, else (None, why not)."""
-    path = os.path.join(step_dir, MANIFEST)
-    if not os.path.exists(path):
-        return None, "it has no checksum manifest (its save did not finish)"
-    try:
-        with open(path) as f:
-            body = json.load(f)
-        sealed = body.pop("sha256")
-        ok = sealed == _sealed(body) and isinstance(body.get("files"), dict)
-    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        return None, f"its checksum manifest is unreadable ({type(e).__name__})"
-    return (body, None) if ok else (None, "its checksum manifest is damaged")
-
-
-def verify_step(step_dir: str) -> tuple[dict | None, str | None]:
-    """(meta, None) when every file of the save matches its manifest, else (None, why not)."""
-    body, why = read_manifest(step_dir)
-    if body is None:
-        return None, why
-    for rel, (size, sha) in sorted(body["files"].items()):
-        path = os.path.join(step_dir, rel)
-        if not os.path.isfile(path):
-            return None, f"{rel} is missing"
-        actual = os.path.getsize(path)
-        if actual != size:
-            return None, f"{rel} has {actual} bytes, {size} were written (truncated or changed)"
-        if _digest(path)[1] != sha:
-            return None, f"{rel} does not match its sha256 checksum (the file is corrupt)"
-    return dict(body["meta"]), None
-
-
-def step_dirs(directory: str) -> list[tuple[int, str]]:
-    """(step, path) of every finalized save in ``directory`` (orbax names them by the step),
-    newest first."""
-    if not os.path.isdir(directory):
-        return []
-    steps = [(int(n), os.path.join(directory, n)) for n in os.listdir(directory)
-             if n.isdigit() and os.path.isdir(os.path.join(directory, n))]
-    return sorted(steps, reverse=True)
-
-
-@dataclasses.dataclass
-class Found:
-    """The checkpoint a run continues from, and the newer saves that failed verification."""
-
-    step: int
-    path: str
-    meta: dict
-    damaged: list  # [(step, path, why)], newest first
-
-    def describe(self) -> str:
-        return describe(self.path, self.meta)
-
-    def damage_note(self) -> str:
-        """One line: which newer saves were skipped and why (empty when none)."""
-        if not self.damaged:
-            return ""
-        skipped = "; ".join(f"{path} (global step {step}): {why}"
-                            for step, path, why in self.damaged)
-        return (f"warning: skipped damaged checkpoint {skipped}; continuing from the previous "
-                f"complete one, {self.describe()}")
-
-
-def find_checkpoint(workdir: str, which: str = "latest") -> Found | None:
-    """The newest save of ``which`` whose files match their checksums (no orbax, nothing
-    written); None when there is no save at all. CheckpointError (one line, nothing deleted)
-    when there are saves but none is intact."""
-    directory = os.path.join(workdir, "checkpoints", _check_which(which))
-    damaged = []
-    for step, path in step_dirs(directory):
-        meta, why = verify_step(path)
-        if meta is not None:
-            return Found(step, path, meta, damaged)
-        damaged.append((step, path, why))
-    if damaged:
-        listed = "; ".join(f"step {step}: {why}" for step, _, why in damaged)
-        raise CheckpointError(
-            f"no intact {which} checkpoint in {directory} ({listed}); nothing was deleted: "
-            "restore the files from a backup, or pass --config.restart=True to discard them "
-            "and start over")
-    return None
-
-
-def describe(path: str, meta: dict) -> str:
-    """``<path> (global step N, <where in the run>)``."""
-    epoch, in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
-    where = ("before the first step" if epoch == in_epoch == 0 else
-             f"end of epoch {epoch}" if in_epoch == 0 else
-             f"epoch {epoch + 1}, step {in_epoch} of that epoch")
-    return f"{path} (global step {meta['global_step']}, {where})"
-
-
-def _check_which(which: str) -> str:
-    if which not in ("latest", "best"):
-        raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
-    return which
 
 
 # ---------------------------------------------------------------------------
@@ -307,7 +164,7 @@ class Checkpointer:
         return self._by_name(which).latest_step()
 
     def _by_name(self, which: str):
-        return self._latest if _check_which(which) == "latest" else self._best
+        return self._latest if check_which(which) == "latest" else self._best
 
     def describe_latest(self) -> str:
         """The newest complete save, for messages (its manifest is read, not re-hashed)."""
@@ -367,8 +224,9 @@ class Checkpointer:
                                   f"{mismatch[0][0]}: saved {mismatch[0][2]} vs model "
                                   f"{mismatch[0][1]}); use --config.restart=True or a new --workdir")
         # Same dtypes and placement as the template (replicated over the mesh).
-        state = jax.tree.map(lambda t, x: jax.device_put(np.asarray(x, dtype=t.dtype), t.sharding),
-                             template_state, host)
+        state = jax.tree.map(
+            lambda t, x: jax.device_put(np.asarray(x, dtype=t.dtype), t.sharding),
+            template_state, host)
         return state, found.meta
 
     def close(self) -> None:
@@ -491,7 +349,7 @@ def load_for_inference(workdir: str, which: str = "latest") -> dict:
     import ml_collections  # noqa: PLC0415
     ocp = _ocp()
     workdir = os.path.abspath(workdir)
-    directory = os.path.join(workdir, "checkpoints", _check_which(which))
+    directory = os.path.join(workdir, "checkpoints", check_which(which))
     if not os.path.isdir(directory):
         raise CheckpointError(f"no {which} checkpoint in {workdir} (missing {directory}); train "
                               "first with python -m mpt_jax.main --workdir=...")

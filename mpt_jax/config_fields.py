@@ -47,6 +47,8 @@ class Range:
             if self.low == 1 and not self.low_open:
                 bound = "> 0"
             text = f"an integer {bound}"
+            if math.isfinite(self.high):
+                text += f" and <= {int(self.high)}"
             return f"{self.off} ({self.off_means}) or {text}" if self.off is not None else text
         lo, hi = ("(" if self.low_open else "["), (")" if self.high_open else "]")
         return f"in {lo}{_num(self.low)}, {_num(self.high)}{hi}"
@@ -139,7 +141,7 @@ FIELDS = (
           "count", POSITIVE),
     Field("num_epochs", 100, int, "training epochs", POSITIVE),
     Field("seed", 0, int, "seeds the random weights, the scores' init, the data order and the "
-          "augmentation"),
+          "augmentation", Range(0, 2**31 - 1)),
     Field("optimizer", "sgd", str, "optimizer of the trained parameters", optim.OPTIMIZERS),
     Field("learning_rate", 0.1, float, "peak learning rate",
           Range(0.0, math.inf, low_open=True, high_open=True)),

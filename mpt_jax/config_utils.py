@@ -17,9 +17,10 @@ import jax
 import ml_collections
 
 from mpt_jax import config_fields, masks, models
+from mpt_jax.models import probe
 from mpt_jax.config_fields import base_config  # noqa: F401  (the configs' starting point)
 from mpt_jax.data import registry as datasets
-from mpt_jax.errors import ConfigError
+from mpt_jax.errors import ConfigError, one_line
 
 # Fields that decide what a checkpoint contains; a resumed run must agree on all of them.
 FINGERPRINT_FIELDS = ("model", "model_options", "mode", "keep_fraction", "dataset", "weight_init",
@@ -144,11 +145,16 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     except ValueError as e:
         raise ConfigError(f"mask_method: {e} {_fix('mask_method')}") from None
     _check_combinations(config)
-    # Model name and options: get_model checks them without building arrays.
+    # Model name and options: get_model checks them, then an abstract init (no arrays) the
+    # values inside them (e.g. hidden=(0,)) for the dataset's image shape, where known.
     try:
-        models.get_model(config.model, **model_kwargs(config, num_classes_hint(config)))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model {config.model!r}: {e} (see --config.model_options)") from None
+        model = models.get_model(config.model, **model_kwargs(config, num_classes_hint(config)))
+        shape = datasets.get(config.dataset).image_shape
+        if shape is not None:
+            probe.abstract_variables(model, shape)
+    except Exception as e:  # noqa: BLE001  (whatever the model code raises for these options)
+        raise ConfigError(f"model {config.model!r}: {one_line(e)[:300]} (see "
+                          "--config.model_options)") from None
     if device_count is None:
         device_count = jax.device_count()
     for field in ("batch_size", "eval_batch_size"):

@@ -19,12 +19,26 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
-import tensorboardX
 
 from mpt_jax.errors import WorkdirWriteError
 
 # ---------------------------------------------------------------------------
 # TensorBoard event files
+
+
+def _tensorboardx():
+    """tensorboardX, imported without torch. Its writer imports torch when torch is installed
+    (to accept torch tensors, which these logs never hold): seconds of start-up and the
+    package's rule that training never loads torch. Imported when the first writer opens."""
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # makes "import torch" fail with ImportError
+    try:
+        import tensorboardX  # noqa: PLC0415
+    finally:
+        if block:
+            del sys.modules["torch"]
+    return tensorboardX
 
 
 class EventWriter:
@@ -42,7 +56,7 @@ class EventWriter:
     def __init__(self, logdir: str, start_step: int | None = None):
         os.makedirs(logdir, exist_ok=True)
         existing = sum(1 for name in os.listdir(logdir) if name.startswith("events.out."))
-        self._writer = tensorboardX.SummaryWriter(
+        self._writer = _tensorboardx().SummaryWriter(
             logdir, purge_step=None if start_step is None else int(start_step),
             filename_suffix=f".{existing:05d}.{os.getpid()}", flush_secs=3600)
         self._writer.flush()  # the file and its purge event exist from the start
