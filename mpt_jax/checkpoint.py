@@ -158,7 +158,8 @@ class Checkpointer:
             which = os.path.basename(os.path.dirname(path))
             target = os.path.join(self.directory, DAMAGED, f"{which}-{step}-{int(time.time())}")
             os.replace(path, target)
-        self._latest.reload()
+        for mngr in (self._latest, self._best):
+            mngr.reload()  # orbax lists its steps when it opens
 
     def latest_step(self, which: str = "latest"):
         return self._by_name(which).latest_step()

@@ -86,6 +86,7 @@ MODEL, DATA, OPTIM, RUN, PRESETS = ("model and pruning", "data", "optimisation",
                                     "per-mode presets")
 POSITIVE = Range(low=1)
 COUNT = Range(low=0)
+BATCH = Range(low=1, high=1 << 16)  # beyond any real global batch; keeps index math in int32
 FIELDS = (
     # Model and pruning.
     Field("model", "mlp", str, "architecture; the suffix _binact gives its binary-activation "
@@ -136,9 +137,9 @@ FIELDS = (
           "random resized crop and flip); grayscale data is never augmented"),
     # Optimisation.
     Field("batch_size", 128, int, "global training batch (all devices and hosts together); "
-          "a multiple of the device count", POSITIVE, section=OPTIM),
+          "a multiple of the device count", BATCH, section=OPTIM),
     Field("eval_batch_size", 128, int, "global evaluation batch; a multiple of the device "
-          "count", POSITIVE),
+          "count", BATCH),
     Field("num_epochs", 100, int, "training epochs", POSITIVE),
     Field("seed", 0, int, "seeds the random weights, the scores' init, the data order and the "
           "augmentation", Range(0, 2**31 - 1)),

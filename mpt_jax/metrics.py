@@ -27,23 +27,28 @@ from mpt_jax.errors import WorkdirWriteError
 
 
 def _tensorboardx():
-    """tensorboardX, imported without torch. Its writer imports torch when torch is installed
-    (to accept torch tensors, which these logs never hold): seconds of start-up and the
-    package's rule that training never loads torch. Imported when the first writer opens."""
+    """tensorboardX's synchronous event-file writer, event protobufs and scalar summaries,
+    imported without torch: its package imports torch when torch is installed (to accept torch
+    tensors, which these logs never hold), seconds of start-up that training never needs.
+    Imported when the first writer opens."""
     block = "torch" not in sys.modules
     if block:
         sys.modules["torch"] = None  # makes "import torch" fail with ImportError
     try:
-        import tensorboardX  # noqa: PLC0415
+        from tensorboardX import event_file_writer, summary  # noqa: PLC0415
+        from tensorboardX.proto import event_pb2  # noqa: PLC0415
     finally:
         if block:
             del sys.modules["torch"]
-    return tensorboardX
+    return event_file_writer.EventsWriter, event_pb2, summary
 
 
 class EventWriter:
-    """Scalar summaries in a new ``events.out.tfevents.*`` file in ``logdir`` (tensorboardX:
-    TensorBoard's event format without TensorFlow).
+    """Scalar summaries in a new ``events.out.tfevents.*`` file in ``logdir``, written with
+    tensorboardX (TensorBoard's event format without TensorFlow). Its synchronous writer:
+    every record is in the file when ``scalars`` returns (the queued ``SummaryWriter`` can
+    lose what a SIGKILL catches in its queue, and the checkpoint after it would not log it
+    again).
 
     ``start_step``: the first step this writer will log. A SessionLog START event at that
     step makes TensorBoard drop what earlier files logged at steps >= start_step (its
@@ -56,22 +61,30 @@ class EventWriter:
     def __init__(self, logdir: str, start_step: int | None = None):
         os.makedirs(logdir, exist_ok=True)
         existing = sum(1 for name in os.listdir(logdir) if name.startswith("events.out."))
-        self._writer = _tensorboardx().SummaryWriter(
-            logdir, purge_step=None if start_step is None else int(start_step),
-            filename_suffix=f".{existing:05d}.{os.getpid()}", flush_secs=3600)
-        self._writer.flush()  # the file and its purge event exist from the start
+        events_writer, self._pb, self._summary = _tensorboardx()
+        self._file = events_writer(os.path.join(logdir, "events"),
+                                   f".{existing:05d}.{os.getpid()}")
+        if start_step is not None:
+            self._file.write_event(self._pb.Event(
+                wall_time=time.time(), step=int(start_step),
+                session_log=self._pb.SessionLog(status=self._pb.SessionLog.START)))
+        self._file.flush()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        """Writes the numeric ``values`` at ``step`` and flushes them: a run killed later
-        keeps everything it logged up to its last checkpoint."""
+        """Writes the numeric ``values`` at ``step`` as one event and flushes it: a run
+        killed later keeps everything it logged up to its last checkpoint."""
         values = {k: float(v) for k, v in values.items() if _is_number(v)}
-        for tag, value in values.items():
-            self._writer.add_scalar(tag, value, int(step))
-        if values:
-            self._writer.flush()
+        if not values:
+            return
+        merged = self._summary.scalar(*next(iter(values.items())))
+        for tag, value in list(values.items())[1:]:
+            merged.value.extend(self._summary.scalar(tag, value).value)
+        self._file.write_event(self._pb.Event(wall_time=time.time(), step=int(step),
+                                              summary=merged))
+        self._file.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        self._file.close()
 
 
 def _is_number(value: Any) -> bool:

@@ -34,10 +34,12 @@ def env(tmp_path_factory):
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
-def start(workdir, env, *extra, faults=()):
+def start(workdir, env, *extra, faults=(), logs=None):
     """``python -m mpt_jax.main``, or with ``faults`` (e.g. "--pause_after_step=3") the same
-    command line through tests/fault_driver.py."""
-    out = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".out"), "w+")
+    command line through tests/fault_driver.py. Its stdout / stderr go to files in ``logs``
+    (default: next to the workdir)."""
+    logs = logs or os.path.dirname(workdir)
+    out = open(os.path.join(logs, os.path.basename(workdir) + ".out"), "w+")
     err = open(out.name[:-4] + ".err", "w+")
     program = [DRIVER, *faults, "--"] if faults else ["-m", "mpt_jax.main"]
     proc = subprocess.Popen([sys.executable, *program, *ARGS, f"--workdir={workdir}", *extra],
@@ -206,7 +208,7 @@ def test_ctrl_c_finishes_the_step_and_saves(tmp_path, env):
 def small_disk(tmp_path):
     """A 24 MiB tmpfs (a file system that really fills), unmounted afterwards; skipped with
     the reason where this machine cannot mount one (not root, no mount namespace rights)."""
-    mount_point = tmp_path / "disk"
+    mount_point = tmp_path / "disk_mount"
     mount_point.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
                           capture_output=True, text=True)
@@ -220,13 +222,15 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def test_real_disk_full_keeps_the_last_checkpoint_and_resumes(small_disk, env, reference):
+def test_real_disk_full_keeps_the_last_checkpoint_and_resumes(small_disk, env, reference,
+                                                              tmp_path):
     """The disk really fills after global step 12 (a file written by the test hook until
     ENOSPC): the run's next writes fail, it exits 4 with one line naming the intact
     checkpoint (step 10); once the space is back the same command resumes from it and ends
     as the uninterrupted run."""
     workdir = os.path.join(small_disk, "run")
-    rc, out, err = finish(start(workdir, env, faults=["--fill_disk_after_step=12"]))
+    logs = str(tmp_path)  # the run's console output is kept off the full disk
+    rc, out, err = finish(start(workdir, env, faults=["--fill_disk_after_step=12"], logs=logs))
     assert "test-hook: filled the disk after step 12" in out
     assert rc == 4, err[-3000:]
     assert "Traceback" not in err
@@ -235,7 +239,7 @@ def test_real_disk_full_keeps_the_last_checkpoint_and_resumes(small_disk, env, r
     assert "run the same command again to resume" in line
     assert load_state(workdir)["metrics"]["step"] == 10
     os.remove(workdir + ".filler")  # space is back
-    rc, out, err = run(workdir, env)
+    rc, out, err = finish(start(workdir, env, logs=logs))
     assert rc == 0, err[-3000:]
     assert "resuming" in out and "(global step 10)" in out
     assert_same_run(workdir, reference)

@@ -73,20 +73,29 @@ def check(rc, err):
         assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_fuzzed_field_values_start_a_run_or_fail_in_one_line(name, uncompiled_steps, capsys):
+def fuzz_field(name, scratch, capsys, examples):
     field = config_fields.BY_NAME.get(name.split(".")[0])
 
-    @settings(derandomize=True, database=None, deadline=None, max_examples=3,
+    @settings(derandomize=True, database=None, deadline=None, max_examples=examples,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(value=values(field))
     def fuzz(value):
-        workdir = str(uncompiled_steps / "runs" / "w")
-        rc = run(name, value, workdir, "--config.restart=True",
+        rc = run(name, value, str(scratch / "runs" / "w"), "--config.restart=True",
                  hooks=loop.Hooks(before_step=before_step))
         check(rc, capsys.readouterr().err)
 
     fuzz()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fuzzed_field_values_start_a_run_or_fail_in_one_line(name, uncompiled_steps, capsys):
+    fuzz_field(name, uncompiled_steps, capsys, examples=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_more_fuzzed_field_values(name, uncompiled_steps, capsys):
+    fuzz_field(name, uncompiled_steps, capsys, examples=10)
 
 
 @pytest.mark.slow
