@@ -69,12 +69,11 @@ def fill_disk_after_step(n, workdir):
     def on_step(step, stop):
         if step != n:
             return
-        with open(workdir.rstrip("/") + ".filler", "wb") as f:
-            for chunk in (1 << 20, 1 << 12, 1):
+        with open(workdir.rstrip("/") + ".filler", "wb", buffering=0) as f:  # no buffer to
+            for chunk in (1 << 20, 1 << 12, 1):                               # flush at close
                 try:
                     while True:
                         f.write(b"\0" * chunk)
-                        f.flush()
                 except OSError as e:
                     if e.errno != errno.ENOSPC:
                         raise
