@@ -40,14 +40,15 @@ class Range:
         below = value < self.high if self.high_open else value <= self.high
         return above and below
 
-    def describe(self, kind: type) -> str:
-        """The valid values in words, e.g. "an integer > 0" or "in (0, 1]"."""
+    def describe(self, kind: type, value=None) -> str:
+        """The valid values in words, e.g. "an integer > 0" or "in (0, 1]". For an integer
+        ``value`` below the range the upper bound is left out (it is not the one broken)."""
         if kind is int:
             bound = f"> {_num(self.low)}" if self.low_open else f">= {_num(self.low)}"
             if self.low == 1 and not self.low_open:
                 bound = "> 0"
             text = f"an integer {bound}"
-            if math.isfinite(self.high):
+            if math.isfinite(self.high) and (value is None or value > self.high):
                 text += f" and <= {int(self.high)}"
             return f"{self.off} ({self.off_means}) or {text}" if self.off is not None else text
         lo, hi = ("(" if self.low_open else "["), (")" if self.high_open else "]")

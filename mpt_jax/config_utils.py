@@ -106,8 +106,8 @@ def check_field(config, name: str) -> None:
         raise ConfigError(f"unknown {name} {value!r}; valid values: {', '.join(field.valid)} "
                           f"{_fix(name)}")
     if isinstance(field.valid, config_fields.Range) and value not in field.valid:
-        raise ConfigError(f"{name} must be {field.valid.describe(field.type)}; got {value!r} "
-                          f"{_fix(name)}")
+        raise ConfigError(f"{name} must be {field.valid.describe(field.type, value)}; got "
+                          f"{value!r} {_fix(name)}")
 
 
 def num_classes_hint(config) -> int:

@@ -178,7 +178,9 @@ def test_base_config_is_the_field_table():
     ("mask_impl", "fast", "unknown mask_impl 'fast'; valid values: auto, per_layer, batched"),
     ("momentum", 1.0, "momentum must be in [0, 1); got 1.0"),
     ("input_pipeline", "tf", "unknown input_pipeline 'tf'; valid values: auto, in_memory, tfds"),
-    ("seed", -1, "seed must be an integer >= 0 and <= 2147483647; got -1"),
+    ("seed", -1, "seed must be an integer >= 0; got -1"),
+    ("seed", 2**31, "seed must be an integer >= 0 and <= 2147483647; got 2147483648"),
+    ("batch_size", 2**17, "batch_size must be an integer > 0 and <= 65536; got 131072"),
 ])
 def test_validation_reads_the_table(field, value, message):
     c = config_utils.base_config()
