@@ -40,13 +40,16 @@ class Range:
         below = value < self.high if self.high_open else value <= self.high
         return above and below
 
-    def describe(self, kind: type) -> str:
-        """The valid values in words, e.g. "an integer > 0" or "in (0, 1]"."""
+    def describe(self, kind: type, value=None) -> str:
+        """The valid values in words, e.g. "an integer > 0" or "in (0, 1]". For an integer
+        ``value`` below the range the upper bound is left out (it is not the one broken)."""
         if kind is int:
             bound = f"> {_num(self.low)}" if self.low_open else f">= {_num(self.low)}"
             if self.low == 1 and not self.low_open:
                 bound = "> 0"
             text = f"an integer {bound}"
+            if math.isfinite(self.high) and (value is None or value > self.high):
+                text += f" and <= {int(self.high)}"
             return f"{self.off} ({self.off_means}) or {text}" if self.off is not None else text
         lo, hi = ("(" if self.low_open else "["), (")" if self.high_open else "]")
         return f"in {lo}{_num(self.low)}, {_num(self.high)}{hi}"
@@ -84,6 +87,7 @@ MODEL, DATA, OPTIM, RUN, PRESETS = ("model and pruning", "data", "optimisation",
                                     "per-mode presets")
 POSITIVE = Range(low=1)
 COUNT = Range(low=0)
+BATCH = Range(low=1, high=1 << 16)  # beyond any real global batch; keeps index math in int32
 FIELDS = (
     # Model and pruning.
     Field("model", "mlp", str, "architecture; the suffix _binact gives its binary-activation "
@@ -136,12 +140,12 @@ FIELDS = (
           "random resized crop and flip); grayscale data is never augmented"),
     # Optimisation.
     Field("batch_size", 128, int, "global training batch (all devices and hosts together); "
-          "a multiple of the device count", POSITIVE, section=OPTIM),
+          "a multiple of the device count", BATCH, section=OPTIM),
     Field("eval_batch_size", 128, int, "global evaluation batch; a multiple of the device "
-          "count", POSITIVE),
+          "count", BATCH),
     Field("num_epochs", 100, int, "training epochs", POSITIVE),
     Field("seed", 0, int, "seeds the random weights, the scores' init and, unless data_seed "
-          "is set, the data order and the augmentation"),
+          "is set, the data order and the augmentation", Range(0, 2**31 - 1)),
     Field("data_seed", None, int, "seeds the data order and the augmentation; unset: seed "
           "(the members of a member program share it)"),
     Field("optimizer", "sgd", str, "optimizer of the trained parameters", optim.OPTIMIZERS),
@@ -186,6 +190,9 @@ FIELDS = (
           Range(low=1, off=-1, off_means="no limit")),
     Field("restart", False, bool, "discard an existing checkpoint in the workdir and start "
           "over"),
+    Field("accept_schedule_change", False, bool, "resume although a field that shapes the "
+          "schedule or the data order (num_epochs, learning_rate, batch_size, seed, ...) "
+          "changed; the new values apply from the checkpoint on"),
     Field("stop_if_not_learning", False, bool, "stop a run whose best top-1 is below 2 % "
           "after epoch 2, as the reference"),
     Field("progress_bar", True, bool, "a console progress bar with images/s and the time "

@@ -19,9 +19,10 @@ import jax
 import ml_collections
 
 from mpt_jax import config_fields, masks, models
+from mpt_jax.models import probe
 from mpt_jax.config_fields import base_config  # noqa: F401  (the configs' starting point)
 from mpt_jax.data import data_seed, registry as datasets
-from mpt_jax.errors import ConfigError
+from mpt_jax.errors import ConfigError, one_line
 
 # Fields that decide what a checkpoint contains; a resumed run must agree on all of them.
 FINGERPRINT_FIELDS = ("model", "model_options", "mode", "keep_fraction", "dataset", "weight_init",
@@ -107,8 +108,8 @@ def check_field(config, name: str) -> None:
         raise ConfigError(f"unknown {name} {value!r}; valid values: {', '.join(field.valid)} "
                           f"{_fix(name)}")
     if isinstance(field.valid, config_fields.Range) and value not in field.valid:
-        raise ConfigError(f"{name} must be {field.valid.describe(field.type)}; got {value!r} "
-                          f"{_fix(name)}")
+        raise ConfigError(f"{name} must be {field.valid.describe(field.type, value)}; got "
+                          f"{value!r} {_fix(name)}")
 
 
 def num_classes_hint(config) -> int:
@@ -148,11 +149,16 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     _check_combinations(config)
     for _, member in member_configs(config):  # their own checks, then each as a run
         _check_combinations(member)
-    # Model name and options: get_model checks them without building arrays.
+    # Model name and options: get_model checks them, then an abstract init (no arrays) the
+    # values inside them (e.g. hidden=(0,)) for the dataset's image shape, where known.
     try:
-        models.get_model(config.model, **model_kwargs(config, num_classes_hint(config)))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model {config.model!r}: {e} (see --config.model_options)") from None
+        model = models.get_model(config.model, **model_kwargs(config, num_classes_hint(config)))
+        shape = datasets.get(config.dataset).image_shape
+        if shape is not None:
+            probe.abstract_variables(model, shape)
+    except Exception as e:  # noqa: BLE001  (whatever the model code raises for these options)
+        raise ConfigError(f"model {config.model!r}: {one_line(e)[:300]} (see "
+                          "--config.model_options)") from None
     if device_count is None:
         device_count = jax.device_count()
     for field in ("batch_size", "eval_batch_size"):

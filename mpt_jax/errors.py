@@ -2,9 +2,9 @@
 
 ``main`` prints ``error: <message>`` (one line, no traceback) and exits with the error's
 ``exit_code``: 2 for bad input (config, data, workdir), 3 when training stopped on a
-non-finite loss or gradient, 4 when a checkpoint could not be written during training, 143 /
-130 when SIGTERM / Ctrl-C stopped the run after saving a checkpoint (printed without
-``error:``: the user asked for it). Library code raises the
+non-finite loss or gradient, 4 when a checkpoint (or the logs) could not be written during
+training, 143 / 130 when SIGTERM / Ctrl-C stopped the run after saving a checkpoint (printed
+without ``error:``: the user asked for it). Library code raises the
 most specific subclass; ``ConfigError`` and ``DataError`` are also ``ValueError``s so callers
 that only know the "bad input is a ValueError" rule still work. This is the package's only
 error module: ``mpt_jax.data.DataError`` is the ``DataError`` defined here.
@@ -41,6 +41,12 @@ class CheckpointError(UserError):
 
 class CheckpointWriteError(CheckpointError):
     """A checkpoint save failed during training (disk full, I/O error); the previous one is kept."""
+
+    exit_code = 4
+
+
+class WorkdirWriteError(UserError):
+    """The logs or result of a run could not be written (disk full); its checkpoints are kept."""
 
     exit_code = 4
 

@@ -12,10 +12,10 @@ every ``checkpoint_every_epochs`` epochs (and at the end); the loop ends after t
 at ``max_train_steps``, or when the run is not learning (``stop_if_not_learning``).
 
 Each epoch starts by setting the global-pruning kept count of k_t in the state (no recompile).
-Rerunning with the same workdir resumes at the checkpoint's epoch and step (the data order is
-a pure function of (seed, epoch)). What is recorded per run (evaluations, best, checkpoints, logs, result) is kept per
-``members.Track``: one for a single run, one per member for a member program
-(``config.members``, mpt_jax.members), whose state stacks the members' states.
+Rerunning with the same workdir resumes where the checkpoint was saved and logs what one
+uninterrupted run logs (mpt_jax.resume). What is recorded (evaluations, checkpoints, logs,
+result) is kept per ``members.Track``: one for a single run, one per member of a member
+program (``config.members``, mpt_jax.members), whose state stacks the members' states.
 SIGTERM / Ctrl-C finish the current step, checkpoint and raise ``Interrupted``; a non-finite
 step raises ``TrainingError`` and nothing after it is saved. Tests inject faults through a
 ``Hooks`` object; a real run passes none.
@@ -23,7 +23,6 @@ step raises ``TrainingError`` and nothing after it is saved. Tests inject faults
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable, Iterable
@@ -33,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from mpt_jax import config_utils, members, metrics as metrics_lib, ops, optim, parallel, report
-from mpt_jax import stages
+from mpt_jax import resume, stages
 from mpt_jax import train
 from mpt_jax.compilation import CompiledAhead, abstract
 from mpt_jax.errors import DataError, Interrupted, TrainingError, UserError
@@ -83,6 +82,7 @@ class RunState:
     window_start: float = 0.0  # when the current log interval's timing began
     window_images: int = 0  # images trained in it (per track)
     stop_reason: str | None = None  # signal | not_learning | max_train_steps
+    wall_before: list = dataclasses.field(default_factory=list)  # seconds of earlier processes
 
     @property
     def step(self) -> int:
@@ -125,17 +125,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     config_utils.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     hooks = hooks or Hooks()
+    founds = resume.open_checkpoints(config, workdir)  # refusals change nothing on disk
+    stored = resume.stored_result(config, workdir, founds)
+    if stored is not None:
+        return stored
     tracks = members.open_tracks(config, workdir, restart=bool(config.restart),
                                  during_save=hooks.during_checkpoint_save)
     for track in tracks:
         track.checkpointer.save = clock.timed(track.checkpointer.save, "checkpoint")
     try:  # until the loop's own try/finally: close orbax on any error (its threads)
-        metas = members.resume_metas(tracks)
-        stored = members.stored_result(tracks, metas)
-        if stored is not None:
-            members.close(tracks)
-            return stored
-        ctx, state, run = _prepare(config, workdir, dataset, tracks, metas, hooks, clock)
+        ctx, state, run = _prepare(config, workdir, dataset, tracks, founds, hooks, clock)
     except BaseException:
         members.close(tracks)
         raise
@@ -160,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
 # Start and end of a run
 
 
-def _prepare(config, workdir, dataset, tracks, metas, hooks, clock):
+def _prepare(config, workdir, dataset, tracks, founds, hooks, clock):
     """(RunContext without bar / stop, the initial or restored state, RunState)."""
     mesh = parallel.make_mesh()
     if dataset is None:
@@ -178,8 +177,8 @@ def _prepare(config, workdir, dataset, tracks, metas, hooks, clock):
     # Room for every track's saves (a program's members share one file system).
     tracks[0].checkpointer.check_room_for(states if len(states) > 1 else states[0])
     run = RunState(steps_per_epoch=spe, tracks=tracks)
-    if metas[0] is not None:
-        states, (run.epoch, run.step_in_epoch) = members.restore(states, mesh, tracks, metas)
+    if founds[0] is not None:
+        states = resume.restore(tracks, founds, states, run)
     elif members.is_program(tracks):
         members.announce(config, workdir, dataset, tracks)
     else:
@@ -267,7 +266,8 @@ def _begin_epoch(ctx: RunContext, run: RunState, state):
         track.keep_fraction = (ops.global_keep_schedule(
             run.epoch, float(config.keep_fraction), int(config.prune_ramp_epochs))
             if config.pruning == "global" else float(config.keep_fraction))
-        track.epoch_sums = (0.0, 0.0, 0)
+        if run.step_in_epoch == 0:  # else resumed inside the epoch: its sums came with it
+            track.epoch_sums, track.interval = (0.0, 0.0, 0), metrics_lib.empty_interval()
     state = members.with_keep_fraction(state, run.tracks, parallel.replicated(ctx.mesh))
     run.pending = []
     run.window_start, run.window_images = time.time(), 0
@@ -307,22 +307,24 @@ def _train_step(ctx: RunContext, run: RunState, state, batch):
     if stop_requested(ctx.stop, sync_point):
         run.stop_reason = "signal"
     if sync_point or run.stop_reason:
+        _collect(run)
+    if log_now or limit:  # never at a stop inside an interval: the resumed run logs it whole
         _log_train(ctx, run)
     if checkpoint_now and not run.stop_reason:
-        _save(run, state)
+        _save(ctx, run, state)
     return state
 
 
-def _save(run: RunState, state) -> None:
+def _save(ctx: RunContext, run: RunState, state) -> None:
     """Every track's checkpoint of where the run is."""
     for track, track_state in zip(run.tracks, members.split(state, run.tracks)):
-        track.checkpointer.save(track_state, _meta(track, run))
+        track.checkpointer.save(track_state, resume.checkpoint_meta(track, run, ctx.clock.elapsed()))
 
 
-def _log_train(ctx: RunContext, run: RunState) -> None:
-    """Fetches the steps' metrics since the last log, stops on a non-finite one (of any
-    member), writes each track's record of the interval and updates the progress bar."""
-    step, spe = run.step, run.steps_per_epoch
+def _collect(run: RunState) -> None:
+    """Fetches the steps' metrics since the last fetch into each track's open log interval;
+    stops on a non-finite one (of any member) before anything after it is logged or saved."""
+    step = run.step
     fetched = parallel.to_host(run.pending)
     run.pending = []
     mine = [members.step_metrics(fetched, track) for track in run.tracks]
@@ -335,17 +337,25 @@ def _log_train(ctx: RunContext, run: RunState) -> None:
                 f"(epoch {run.epoch + 1}){who}; training stopped and nothing was saved after "
                 f"it. Last good checkpoint (kept intact): {members.describe_latest(run.tracks)}. "
                 "Lower --config.learning_rate or check the data, then run again")
+    for track, track_metrics in zip(run.tracks, mine):
+        for key in metrics_lib.TRAIN_METRICS:
+            track.interval[key] += [float(f[key]) for f in track_metrics]
+
+
+def _log_train(ctx: RunContext, run: RunState) -> None:
+    """Writes each track's record of the log interval and updates the progress bar."""
+    step, spe = run.step, run.steps_per_epoch
     images_per_s = run.window_images / max(time.time() - run.window_start, 1e-9)
     lr = float(ctx.schedule(step - 1))
-    for track, track_metrics in zip(run.tracks, mine):
-        losses = [float(f["loss"]) for f in track_metrics]
-        accs = [float(f["top1"]) for f in track_metrics]
-        top5 = 100.0 * float(np.mean([float(f["top5"]) for f in track_metrics]))
+    for track in run.tracks:
+        losses, accs, top5 = (track.interval[k] for k in metrics_lib.TRAIN_METRICS)
+        track.interval = metrics_lib.empty_interval()
         loss_sum, acc_sum, count = track.epoch_sums
         track.epoch_sums = (loss_sum + sum(losses), acc_sum + sum(accs), count + len(losses))
         track.logger.write(dict(step=step, epoch=run.epoch + run.step_in_epoch / spe,
                                 split="train", loss=float(np.mean(losses)),
-                                top1=100.0 * float(np.mean(accs)), top5=top5, lr=lr,
+                                top1=100.0 * float(np.mean(accs)),
+                                top5=100.0 * float(np.mean(top5)), lr=lr,
                                 images_per_s=images_per_s))
     loss_sum, acc_sum, count = (sum(t.epoch_sums[i] for t in run.tracks) for i in range(3))
     ctx.bar.update(run.epoch, run.step_in_epoch, loss_sum / count, acc_sum / count,
@@ -356,7 +366,7 @@ def _log_train(ctx: RunContext, run: RunState) -> None:
 def _interrupt(ctx: RunContext, run: RunState, state) -> None:
     """Saves where the run stopped (and a best epoch still held on the host), then raises
     ``Interrupted`` with the message ``main`` turns into the resume instructions."""
-    _save(run, state)
+    _save(ctx, run, state)
     for track in run.tracks:
         if track.pending_best is not None:
             track.checkpointer.save(*track.pending_best, best=True, latest=False)
@@ -410,12 +420,13 @@ def _after_evaluation(ctx: RunContext, run: RunState, state, new_best: list[bool
     states = (members.split(state, run.tracks) if save or any(new_best)
               else [None] * len(run.tracks))
     for track, track_state, is_new in zip(run.tracks, states, new_best):
-        meta = _meta(track, run)
+        meta = resume.checkpoint_meta(track, run, ctx.clock.elapsed())
         if last:
+            parts = meta["wall_seconds_parts"]  # every process of the run, this one up to now
             track.result = meta["result"] = report.run_result(
-                track.config, ctx.ds, track.best, track.last_eval, step, epoch,
-                ctx.clock.elapsed(),
+                track.config, ctx.ds, track.best, track.last_eval, step, epoch, sum(parts),
                 run.stop_reason or ("max_train_steps" if limit else None))
+            track.result["wall_seconds_parts"] = parts
         if save:
             track.checkpointer.save(track_state, meta, best=is_new)
             if track.pending_best is not None and not is_new:
@@ -437,14 +448,3 @@ def update_best(best: dict, ev: dict, epoch: int) -> tuple[dict, bool]:
     if ev["top1"] > best["top1"]:
         return dict(top1=ev["top1"], top5=top5, epoch=epoch), True
     return dict(best, top5=top5), False
-
-
-def _meta(track, run: RunState) -> dict:
-    """A track's checkpoint record: where the run continues, its best and last eval, its
-    config and fingerprint."""
-    config = track.config
-    return dict(epoch=int(run.epoch), step_in_epoch=int(run.step_in_epoch),
-                global_step=int(run.step), best=dict(track.best), last_eval=track.last_eval,
-                keep_fraction=float(track.keep_fraction), model=config.model,
-                fingerprint=config_utils.fingerprint(config),
-                config=json.loads(config_utils.to_json(config)), time=time.time())

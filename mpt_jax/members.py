@@ -68,6 +68,7 @@ class Track:
     best: dict = dataclasses.field(default_factory=lambda: dict(top1=-1.0, top5=-1.0, epoch=0))
     last_eval: dict | None = None
     epoch_sums: tuple = (0.0, 0.0, 0)  # loss, top-1, steps this epoch (progress bar means)
+    interval: dict = dataclasses.field(default_factory=metrics_lib.empty_interval)  # not logged
     pending_best: tuple | None = None  # (host state, meta) of a best epoch not yet written
     result: dict | None = None
 
@@ -85,27 +86,34 @@ def is_program(tracks: list[Track]) -> bool:
 # Workdirs
 
 
-def open_tracks(config, workdir: str, restart: bool = False, during_save=None) -> list[Track]:
-    """The tracks of ``config`` in ``workdir``, their checkpointers open (``restart``
-    discards their checkpoints). Refuses a workdir that holds the other kind of run, or a
-    member program with other members."""
+def layout(config, workdir: str) -> list[tuple[str, Any, str]]:
+    """(member name, its config, its workdir) of every run of ``config``: one run's
+    ("", config, workdir), or each member's. Reads only: refuses a workdir that holds the
+    other kind of run, or a member program with other members (unless ``config.restart``)."""
     members = config_utils.member_configs(config)
     if not members:
         if os.path.exists(os.path.join(workdir, PROGRAM_FILE)):
             raise CheckpointError(f"workdir {workdir} holds a member program ({PROGRAM_FILE}); "
                                   "give its --config.members.* or use a new --workdir")
-        return [Track(config, workdir, ckpt_lib.Checkpointer(
-            workdir, restart=restart, during_save=during_save))]
-    program = _program_record(config, workdir, members)
-    _check_program_dir(workdir, program, restart)
+        return [("", config, workdir)]
+    _check_program_dir(workdir, _program_record(config, workdir, members), bool(config.restart))
+    return [(name, member, os.path.join(workdir, MEMBERS_DIR, name)) for name, member in members]
+
+
+def open_tracks(config, workdir: str, restart: bool = False, during_save=None) -> list[Track]:
+    """The tracks of ``config`` in ``workdir`` (``layout``), their checkpointers open
+    (``restart`` discards their checkpoints); a member program records its members."""
+    runs = layout(config, workdir)
     tracks = []
     try:
-        for i, (name, member) in enumerate(members):
-            directory = os.path.join(workdir, MEMBERS_DIR, name)
+        for i, (name, member, directory) in enumerate(runs):
             tracks.append(Track(member, directory, ckpt_lib.Checkpointer(
-                directory, restart=restart, during_save=during_save), name=name, index=i))
-        if jax.process_index() == 0:
-            _write_json(os.path.join(workdir, PROGRAM_FILE), program)
+                directory, restart=restart, during_save=during_save), name=name,
+                index=i if name else None))
+        if is_program(tracks) and jax.process_index() == 0:
+            members = config_utils.member_configs(config)
+            _write_json(os.path.join(workdir, PROGRAM_FILE),
+                        _program_record(config, workdir, members))
     except BaseException:
         close(tracks)
         raise
@@ -148,59 +156,6 @@ def close(tracks: list[Track]) -> None:
         if track.logger is not None:
             track.logger.close()
         track.checkpointer.close()
-
-
-def resume_metas(tracks: list[Track]) -> list[dict | None]:
-    """The checkpoint record each track resumes from (None: it starts anew). One run: its
-    latest save. A member program: every member's save of the newest step that all of them
-    saved, or none for all (the metrics logged after it are dropped)."""
-    if not is_program(tracks):
-        return [tracks[0].checkpointer.latest_meta()]
-    steps = set.intersection(*(set(t.checkpointer.steps()) for t in tracks))
-    if steps:
-        return [t.checkpointer.latest_meta(step=max(steps)) for t in tracks]
-    if jax.process_index() == 0:
-        for track in tracks:  # a first save that not every member finished
-            metrics_lib.truncate_after(track.workdir, 0)
-    return [None] * len(tracks)
-
-
-def stored_result(tracks: list[Track], metas: list) -> dict | None:
-    """The stored result when the tracks' workdirs hold this run (every member of this
-    program), already finished; else None. Refuses a checkpoint of another run."""
-    for track, meta in zip(tracks, metas):
-        if meta is not None:
-            ckpt_lib.check_compatible(meta, track.config, track.workdir)
-    for track, meta in zip(tracks, metas):
-        config = track.config
-        if meta is None:
-            return None
-        limit = config.max_train_steps > 0 and meta.get("global_step", 0) >= config.max_train_steps
-        if not (limit or meta.get("epoch", 0) >= config.num_epochs) or not meta.get("result"):
-            return None
-    for track, meta in zip(tracks, metas):
-        track.result = report.finished_before(track.workdir, meta["epoch"], meta["result"])
-    return results(tracks)
-
-
-def restore(states: list, mesh, tracks: list[Track], metas: list) -> tuple[list, tuple]:
-    """(the tracks' checkpointed states, (epoch, step in epoch) where the run continues);
-    each track continues from its best and last eval, its metrics after the step dropped."""
-    step = int(metas[0]["global_step"])
-    restored = []
-    for track, track_state in zip(tracks, states):
-        track_state, meta = track.checkpointer.restore(track_state, mesh, step=step)
-        restored.append(track_state)
-        track.best = meta.get("best", track.best)
-        track.last_eval = meta.get("last_eval")
-        if jax.process_index() == 0:
-            metrics_lib.truncate_after(track.workdir, step)
-    epoch, in_epoch = int(metas[0]["epoch"]), int(metas[0]["step_in_epoch"])
-    where = (tracks[0].workdir if not is_program(tracks) else
-             f"the {len(tracks)} members of {os.path.dirname(os.path.dirname(tracks[0].workdir))}")
-    report.echo(f"resuming {where} at epoch {epoch + 1}, step {in_epoch} "
-                f"(global step {step}) on {report.devices()}")
-    return restored, (epoch, in_epoch)
 
 
 def describe_latest(tracks: list[Track]) -> str:

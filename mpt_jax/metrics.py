@@ -1,8 +1,7 @@
 """Logging: TensorBoard event files (no TensorFlow), metrics.jsonl, console progress, layer table.
 
-* ``EventWriter``: a minimal writer of TensorBoard's event-file format (TFRecord framing with
-  masked CRC32C around hand-encoded ``Event``/``Summary`` protobufs holding scalar
-  ``simple_value``s). Readable by tensorboard's own loaders.
+* ``EventWriter``: scalar summaries in TensorBoard's event-file format, written with
+  tensorboardX (no TensorFlow needed).
 * ``MetricsLogger``: one JSON object per log event in ``<workdir>/metrics.jsonl`` and the same
   scalars in ``<workdir>/tensorboard/``; ``truncate_after`` drops the records a resumed run
   replays.
@@ -15,112 +14,84 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import struct
 import sys
 import time
 from typing import Any, Mapping
 
 import numpy as np
 
+from mpt_jax.errors import WorkdirWriteError
+
+TRAIN_METRICS = ("loss", "top1", "top5")  # what each training step reports, per interval
+
+
+def empty_interval() -> dict:
+    """A log interval's fetched per-step values, before its record is written."""
+    return {k: [] for k in TRAIN_METRICS}
+
 # ---------------------------------------------------------------------------
 # TensorBoard event files
 
 
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        crc = i
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    value &= (1 << 64) - 1  # negative int64 -> two's complement, as protobuf does
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def _field_bytes(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _event(wall_time: float, step: int, *, file_version: str | None = None,
-           scalars: Mapping[str, float] | None = None, session_start: bool = False) -> bytes:
-    msg = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(step)
-    if file_version is not None:
-        msg += _field_bytes(3, file_version.encode())
-    if scalars:
-        summary = b"".join(
-            _field_bytes(1, _field_bytes(1, tag.encode()) + _varint(2 << 3 | 5)
-                         + struct.pack("<f", float(value)))
-            for tag, value in scalars.items())
-        msg += _field_bytes(5, summary)
-    if session_start:  # Event.session_log (field 7) = SessionLog{status: START (1)}
-        msg += _field_bytes(7, _varint(1 << 3 | 0) + _varint(1))
-    return msg
-
-
-def _record(data: bytes) -> bytes:
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+def _tensorboardx():
+    """tensorboardX's synchronous event-file writer, event protobufs and scalar summaries,
+    imported without torch: its package imports torch when torch is installed (to accept torch
+    tensors, which these logs never hold), seconds of start-up that training never needs.
+    Imported when the first writer opens."""
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # makes "import torch" fail with ImportError
+    try:
+        from tensorboardX import event_file_writer, summary  # noqa: PLC0415
+        from tensorboardX.proto import event_pb2  # noqa: PLC0415
+    finally:
+        if block:
+            del sys.modules["torch"]
+    return event_file_writer.EventsWriter, event_pb2, summary
 
 
 class EventWriter:
-    """Appends scalar summaries to a new ``events.out.tfevents.*`` file in ``logdir``.
+    """Scalar summaries in a new ``events.out.tfevents.*`` file in ``logdir``, written with
+    tensorboardX (TensorBoard's event format without TensorFlow). Its synchronous writer:
+    every record is in the file when ``scalars`` returns (the queued ``SummaryWriter`` can
+    lose what a SIGKILL catches in its queue, and the checkpoint after it would not log it
+    again).
 
     ``start_step``: the first step this writer will log. A SessionLog START event at that
     step makes TensorBoard drop what earlier files logged at steps >= start_step (its
-    "purge orphaned data" rule, as tf.summary writers do on restart), so the steps that a
-    resumed run replays after its checkpoint appear once, not twice.
+    "purge orphaned data" rule), so the steps that a resumed run replays after its
+    checkpoint appear once, not twice. TensorBoard reads the files of a directory in name
+    order and tensorboardX names them by the second they were opened, so the suffix counts
+    the files already there: a run resumed within the same second still sorts last.
     """
 
     def __init__(self, logdir: str, start_step: int | None = None):
         os.makedirs(logdir, exist_ok=True)
-        t = time.time()
-        # Microseconds before the host: TensorBoard reads the files in name order.
-        name = (f"events.out.tfevents.{int(t)}.{int(t % 1 * 1e6):06d}."
-                f"{socket.gethostname()}.{os.getpid()}")
-        self.path = os.path.join(logdir, name)
-        self._file = open(self.path, "ab")
-        self._file.write(_record(_event(t, 0, file_version="brain.Event:2")))
+        existing = sum(1 for name in os.listdir(logdir) if name.startswith("events.out."))
+        events_writer, self._pb, self._summary = _tensorboardx()
+        self._file = events_writer(os.path.join(logdir, "events"),
+                                   f".{existing:05d}.{os.getpid()}")
         if start_step is not None:
-            self._file.write(_record(_event(t, int(start_step), session_start=True)))
+            self._file.write_event(self._pb.Event(
+                wall_time=time.time(), step=int(start_step),
+                session_log=self._pb.SessionLog(status=self._pb.SessionLog.START)))
         self._file.flush()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Writes the numeric ``values`` at ``step`` as one event and flushes it: a run
+        killed later keeps everything it logged up to its last checkpoint."""
         values = {k: float(v) for k, v in values.items() if _is_number(v)}
-        if values:
-            self._file.write(_record(_event(time.time(), int(step), scalars=values)))
-            self._file.flush()
+        if not values:
+            return
+        merged = self._summary.scalar(*next(iter(values.items())))
+        for tag, value in list(values.items())[1:]:
+            merged.value.extend(self._summary.scalar(tag, value).value)
+        self._file.write_event(self._pb.Event(wall_time=time.time(), step=int(step),
+                                              summary=merged))
+        self._file.flush()
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._file.close()
 
 
 def _is_number(value: Any) -> bool:
@@ -152,12 +123,18 @@ class MetricsLogger:
             return
         clean = {k: (_round(v) if _is_number(v) else v) for k, v in record.items()}
         clean.setdefault("time", round(time.time(), 3))
-        self._jsonl.write(json.dumps(clean) + "\n")
-        self._jsonl.flush()
         split = record.get("split", "train")
         skip = {"step", "epoch", "split", "time"}
-        self._tb.scalars(int(record.get("step", 0)),
-                         {f"{split}/{k}": v for k, v in record.items() if k not in skip})
+        try:
+            self._jsonl.write(json.dumps(clean) + "\n")
+            self._jsonl.flush()
+            self._tb.scalars(int(record.get("step", 0)),
+                             {f"{split}/{k}": v for k, v in record.items() if k not in skip})
+        except OSError as e:  # e.g. a full disk: the checkpoints written so far are intact
+            raise WorkdirWriteError(
+                f"could not write the logs in {os.path.dirname(self.jsonl_path)} "
+                f"({e.strerror or e}); the checkpoints written so far are intact: free disk "
+                "space (or fix the workdir) and run the same command again to resume") from None
 
     def close(self) -> None:
         if self.enabled:
@@ -165,33 +142,42 @@ class MetricsLogger:
             self._tb.close()
 
 
-def truncate_after(workdir: str, step: int) -> None:
-    """Drops the ``metrics.jsonl`` records logged after global step ``step``.
+def truncate_after(workdir: str, step: int) -> list[str]:
+    """Drops the ``metrics.jsonl`` records logged after global step ``step``, and damaged
+    lines; returns one note per damaged line (a last line cut short by a kill is no damage).
 
     A resumed run replays the steps after its checkpoint; without this its file would hold
     those steps twice, with this it equals the file of an uninterrupted run (apart from
-    timings). A line cut short by a kill is dropped too. Atomic: written to a temporary
+    timings). Every intact record up to ``step`` is kept. Atomic: written to a temporary
     file, then renamed over the old one.
     """
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
-        return
-    kept, dropped = [], 0
-    with open(path) as f:
-        for line in f:
-            try:
-                keep = int(json.loads(line).get("step", 0)) <= step
-            except (ValueError, AttributeError):
-                keep = False  # a line cut short by a kill
-            if keep:
-                kept.append(line if line.endswith("\n") else line + "\n")
-            else:
-                dropped += 1
+        return []
+    kept, dropped, notes = [], 0, []
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line.decode())
+            keep = int(record["step"]) <= step
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            keep = False
+            if number < len(lines):
+                notes.append(f"{path} line {number} is damaged ({type(e).__name__}); dropped it, "
+                             "the other records are kept")
+        if keep:
+            kept.append(line.decode() + "\n")
+        else:
+            dropped += 1
     if dropped:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(kept)
         os.replace(tmp, path)
+    return notes
 
 
 def _round(v):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from mpt_jax import metrics as metrics_lib, optim, stages, train
+from mpt_jax.errors import WorkdirWriteError
 from mpt_jax.stages import echo  # noqa: F401  (report.echo: the loop's console output)
 
 
@@ -58,9 +59,14 @@ def run_result(config, ds, best, last_eval, global_step, epochs_completed, secon
 def write_result(workdir: str, result: dict) -> None:
     """result.json, atomically (temporary file + rename): a kill never leaves half a file."""
     path = os.path.join(workdir, "result.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(path + ".tmp", path)
+    except OSError as e:  # e.g. a full disk: the final checkpoint holds the result too
+        raise WorkdirWriteError(f"could not write {path} ({e.strerror or e}); the run's final "
+                                "checkpoint is intact: free disk space and run the same command "
+                                "again to write it") from None
 
 
 def result_line(result: dict) -> str:

@@ -12,6 +12,9 @@ FAULT (each at most once; at most one of the two save faults):
   fail_save_at_epoch=E the save at the end of epoch E raises OSError(ENOSPC) (a full disk)
                        after part of it was written
   nan_at_step=N        global step N trains on NaN images
+  fill_disk_after_step=N  after global step N, fill the workdir's file system with a file
+                       <workdir>.filler (next to the workdir) until a write fails with ENOSPC,
+                       so that the run's next writes really find the disk full
 
 The faults are ``mpt_jax.loop.Hooks`` passed to ``mpt_jax.main.run``: exit codes, messages
 and the printed resume command are those of ``python -m mpt_jax.main``.
@@ -62,22 +65,41 @@ def nan_at_step(n):
     return before_step
 
 
+def fill_disk_after_step(n, workdir):
+    def on_step(step, stop):
+        if step != n:
+            return
+        with open(workdir.rstrip("/") + ".filler", "wb", buffering=0) as f:  # no buffer to
+            for chunk in (1 << 20, 1 << 12, 1):                               # flush at close
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+        print(f"test-hook: filled the disk after step {step}", flush=True)
+    return on_step
+
+
 FAULTS = dict(pause_after_step=("on_step", pause_after_step),
               pause_in_save=("during_checkpoint_save", pause_in_save),
               fail_save_at_epoch=("during_checkpoint_save", fail_save_at_epoch),
-              nan_at_step=("before_step", nan_at_step))
+              nan_at_step=("before_step", nan_at_step),
+              fill_disk_after_step=("on_step", fill_disk_after_step))
 
 
 def parse(argv):
     """(Hooks, mpt_jax.main argv) from this driver's argv."""
     split = argv.index("--")
+    workdir = next((a.split("=", 1)[1] for a in argv[split:] if a.startswith("--workdir=")), "")
     hooks = {}
     for arg in argv[1:split]:
         name, value = arg.removeprefix("--").split("=")
         field, make = FAULTS[name]
         if field in hooks:
             raise SystemExit(f"fault_driver: two faults for {field}")
-        hooks[field] = make(int(value))
+        hooks[field] = (make(int(value), workdir) if name == "fill_disk_after_step"
+                        else make(int(value)))
     return loop.Hooks(**hooks), [argv[0], *argv[split + 1:]]
 
 

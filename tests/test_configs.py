@@ -151,7 +151,8 @@ DEFAULTS = dict(
     mask_method='radix_many', max_train_steps=-1, mode='biprop', model='mlp',
     model_options={}, momentum=0.9, nesterov=False, num_epochs=100, optimizer='sgd',
     precision='auto', progress_bar=True, prune_ramp_epochs=10, prune_rate=None,
-    pruning='layerwise', restart=False, scale_fan='none', schedule='cosine',
+    pruning='layerwise', restart=False, accept_schedule_change=False,
+    scale_fan='none', schedule='cosine',
     schedule_granularity='epoch', seed=0, stop_if_not_learning=False, tune_batchnorm=False,
     warmup_epochs=0, weight_decay=0.0001, weight_init='kaiming_normal',
     # Added with member programs: unset data_seed follows seed; no members, one run.
@@ -180,6 +181,9 @@ def test_base_config_is_the_field_table():
     ("mask_impl", "fast", "unknown mask_impl 'fast'; valid values: auto, per_layer, batched"),
     ("momentum", 1.0, "momentum must be in [0, 1); got 1.0"),
     ("input_pipeline", "tf", "unknown input_pipeline 'tf'; valid values: auto, in_memory, tfds"),
+    ("seed", -1, "seed must be an integer >= 0; got -1"),
+    ("seed", 2**31, "seed must be an integer >= 0 and <= 2147483647; got 2147483648"),
+    ("batch_size", 2**17, "batch_size must be an integer > 0 and <= 65536; got 131072"),
 ])
 def test_validation_reads_the_table(field, value, message):
     c = config_utils.base_config()

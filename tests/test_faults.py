@@ -34,10 +34,12 @@ def env(tmp_path_factory):
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
-def start(workdir, env, *extra, faults=()):
+def start(workdir, env, *extra, faults=(), logs=None):
     """``python -m mpt_jax.main``, or with ``faults`` (e.g. "--pause_after_step=3") the same
-    command line through tests/fault_driver.py."""
-    out = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".out"), "w+")
+    command line through tests/fault_driver.py. Its stdout / stderr go to files in ``logs``
+    (default: next to the workdir)."""
+    logs = logs or os.path.dirname(workdir)
+    out = open(os.path.join(logs, os.path.basename(workdir) + ".out"), "w+")
     err = open(out.name[:-4] + ".err", "w+")
     program = [DRIVER, *faults, "--"] if faults else ["-m", "mpt_jax.main"]
     proc = subprocess.Popen([sys.executable, *program, *ARGS, f"--workdir={workdir}", *extra],
@@ -95,6 +97,7 @@ def result(workdir):
     r = json.load(open(os.path.join(workdir, "result.json")))
     r.pop("wall_seconds")
     r.pop("time_breakdown", None)  # timings of the last process alone
+    r.pop("wall_seconds_parts")
     return r
 
 
@@ -203,3 +206,44 @@ def test_ctrl_c_finishes_the_step_and_saves(tmp_path, env):
         "stopped by Ctrl-C at epoch 1, step 3 of 22 (global step 3); checkpoint saved: ")
     assert "error:" not in err
     assert load_state(workdir)["metrics"]["step"] == 3
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MiB tmpfs (a file system that really fills), unmounted afterwards; skipped with
+    the reason where this machine cannot mount one (not root, no mount namespace rights)."""
+    mount_point = tmp_path / "disk_mount"
+    mount_point.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = f"cannot mount a small tmpfs here ({proc.stderr.strip() or proc.returncode})"
+        print(f"SKIPPED: {reason}; the injected ENOSPC test covers the message")
+        pytest.skip(reason)
+    try:
+        yield str(mount_point)
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_real_disk_full_keeps_the_last_checkpoint_and_resumes(small_disk, env, reference,
+                                                              tmp_path):
+    """The disk really fills after global step 12 (a file written by the test hook until
+    ENOSPC): the run's next writes fail, it exits 4 with one line naming the intact
+    checkpoint (step 10); once the space is back the same command resumes from it and ends
+    as the uninterrupted run."""
+    workdir = os.path.join(small_disk, "run")
+    logs = str(tmp_path)  # the run's console output is kept off the full disk
+    rc, out, err = finish(start(workdir, env, faults=["--fill_disk_after_step=12"], logs=logs))
+    assert "test-hook: filled the disk after step 12" in out
+    assert rc == 4, err[-3000:]
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: could not write ") and "No space left on device" in line
+    assert "run the same command again to resume" in line
+    assert load_state(workdir)["metrics"]["step"] == 10
+    os.remove(workdir + ".filler")  # space is back
+    rc, out, err = finish(start(workdir, env, logs=logs))
+    assert rc == 0, err[-3000:]
+    assert "resuming" in out and "(global step 10)" in out
+    assert_same_run(workdir, reference)

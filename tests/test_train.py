@@ -348,7 +348,9 @@ def test_main_end_to_end_resume_and_finished(tmp_path, compilation_cache):
     best = checkpoint.load_for_inference(workdir, "best")
     assert best["metrics"]["best_top1"] == loaded["metrics"]["best_top1"]
 
-    out2, _ = _main(workdir, "--config.num_epochs=2", cache=compilation_cache)  # same run, continued to 2 epochs
+    # The same run continued to 2 epochs: a longer schedule must be accepted explicitly.
+    out2, _ = _main(workdir, "--config.num_epochs=2", "--config.accept_schedule_change=True",
+                    cache=compilation_cache)
     assert "resuming" in out2 and "epoch 2, step 0" in out2
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["epoch"] for r in records if r["split"] == "eval"] == [1, 2]
@@ -365,11 +367,10 @@ def test_main_end_to_end_resume_and_finished(tmp_path, compilation_cache):
 # Logging pieces and workdir checks
 
 
-def test_event_writer_crc_and_progress_lines(tmp_path):
+def test_progress_lines(tmp_path):
     import io
 
     from mpt_jax import metrics
-    assert metrics.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     stream = io.StringIO()  # not a TTY: plain lines, one per update
     bar = metrics.ProgressBar(num_epochs=3, steps_per_epoch=10, stream=stream)
     bar.set_batch_size(32)
@@ -398,8 +399,8 @@ def test_best_checkpoint_is_the_best_epoch_with_sparse_checkpoints(tmp_path):
     every = loop.train_and_evaluate(tiny_config(**kw), str(tmp_path / "every"), dataset=ds)
     sparse = loop.train_and_evaluate(tiny_config(checkpoint_every_epochs=4, **kw),
                                       str(tmp_path / "sparse"), dataset=ds)
-    assert sparse == dict(every, wall_seconds=sparse["wall_seconds"],
-                          time_breakdown=sparse["time_breakdown"])
+    timings = dict(wall_seconds=0, wall_seconds_parts=0, time_breakdown=0)
+    assert dict(sparse, **timings) == dict(every, **timings)
     a = checkpoint.load_for_inference(str(tmp_path / "every"), which="best")
     b = checkpoint.load_for_inference(str(tmp_path / "sparse"), which="best")
     assert a["metrics"]["epoch"] == b["metrics"]["epoch"] == every["best_epoch"]

@@ -21,7 +21,7 @@ import zipfile
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mpt_jax.data import registry, sources
 from mpt_jax.errors import DataError, DataNotFoundError
@@ -32,6 +32,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".w
 SPLITS = ("train", "test")
 CACHE_FORMAT_VERSION = "1"
 _DECODE_CHUNK = 1024
+# Untrusted archives: an image is refused before decoding when its header declares more
+# pixels than this (a decompression bomb: a few KB of PNG can declare gigapixels), and an
+# archive member larger than MAX_MEMBER_BYTES is refused before it is read.
+MAX_IMAGE_PIXELS = 1 << 25  # e.g. 5792 x 5792
+MAX_MEMBER_BYTES = 1 << 28
 
 LAYOUT_HINT = ("expected <root>/train/<class name>/<image>.jpg|png (optionally also "
                "test/<class>/...)")
@@ -89,6 +94,7 @@ def _list_archive(path: str):
     try:
         with tarfile.open(path, "r|*") as tar:
             for member in tar:
+                _check_member_path(path, member.name)
                 where = _split_member(member.name)
                 if where is None:
                     continue
@@ -97,8 +103,9 @@ def _list_archive(path: str):
                     if len(rest) == 1:
                         class_dirs[split].add(rest[0])
                     continue
-                if not member.isfile() or not _is_image_name(member.name):
+                if not _is_image_name(member.name):
                     continue
+                _check_member_kind(path, member)
                 if len(rest) != 2:
                     raise DataError(f"{path}: member {member.name!r} is not in the image-folder "
                                     f"layout; {LAYOUT_HINT}")
@@ -114,6 +121,27 @@ def _list_archive(path: str):
         raise DataError(f"{path}: cannot read the archive ({type(e).__name__}: {e}); it is corrupt "
                         f"or truncated, or not a .tar/.tar.gz file") from None
     return entries, class_dirs
+
+
+def _check_member_path(path: str, name: str) -> None:
+    """Refuses a member whose name leaves the archive's tree (``..``, absolute). Nothing is
+    ever extracted to disk, but such a name marks a crafted or broken archive."""
+    if name.startswith("/") or ".." in name.split("/"):
+        raise DataError(f"{path}: member {name!r} has an unsafe path (absolute or with '..'); "
+                        "an image-folder archive holds relative paths only")
+
+
+def _check_member_kind(path: str, member: tarfile.TarInfo) -> None:
+    """An image member must be a regular file of a sane size: links and devices named like
+    images are refused by name, as are members too large to be one image."""
+    if member.issym() or member.islnk():
+        raise DataError(f"{path}: member {member.name!r} is a link (to {member.linkname!r}); "
+                        "the archive must hold the image files themselves")
+    if not member.isfile():
+        raise DataError(f"{path}: member {member.name!r} is not a regular file")
+    if member.size > MAX_MEMBER_BYTES:
+        raise DataError(f"{path}: member {member.name!r} is {member.size:,} bytes, more than "
+                        f"{MAX_MEMBER_BYTES:,} for one image")
 
 
 def _list_directory(root: str):
@@ -157,13 +185,19 @@ def _decode_image(data, where: str, mode: Optional[str] = None) -> np.ndarray:
     """Decodes one image (bytes or a path) to uint8 HWC; DataError naming `where` if corrupt."""
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:  # from the header: nothing decoded yet
+                raise DataError(f"{where}: image declares {im.width} x {im.height} pixels, "
+                                f"more than the {MAX_IMAGE_PIXELS:,} this loader decodes "
+                                "(a decompression bomb, or far too large); resize or delete it")
             im.load()  # forces the full decode so truncated files fail here, not later
             if mode is None:
                 mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
             arr = np.asarray(im.convert(mode), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{where}: corrupt or truncated image ({type(e).__name__}: {e}); "
-                        f"replace or delete this file") from None
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001  (PIL's decoders fail on garbage in many ways)
+        raise DataError(f"{where}: corrupt or truncated image ({type(e).__name__}: "
+                        f"{str(e)[:200]}); replace or delete this file") from None
     return arr[..., None] if arr.ndim == 2 else arr
 
 

@@ -106,17 +106,38 @@ def _check_header(data: bytes, source: str) -> tuple[int, bytes]:
     return manifest_len, digest
 
 
+# The dtypes a ticket stores (masks, sign bits, alphas, BatchNorm arrays): plain numbers only.
+_ARRAY_KINDS = "biuf"
+
+
+def _sizes(shape) -> list[int]:
+    """``shape`` as a list of non-negative ints, or TicketError (checked before any use)."""
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise TicketError(f"bad array shape {shape!r} in the manifest")
+    return shape
+
+
 def _payload_arrays(manifest: dict, payload: bytes, source: str) -> dict[str, np.ndarray]:
+    """Views into ``payload`` (no copies): every entry's size is checked against the payload
+    in Python integers before a view is made."""
     arrays = {}
     try:
         for e in manifest["arrays"]:
             dt = np.dtype(e["dtype"])
-            n = int(np.prod(e["shape"], dtype=np.int64)) * dt.itemsize
-            if n != e["nbytes"] or e["offset"] + n > len(payload) or e["offset"] < 0:
+            if dt.kind not in _ARRAY_KINDS or dt.itemsize > 8:
+                raise TicketError(f"{source}: array {e['name']!r} has dtype {dt.str!r}, not "
+                                  "a plain number type")
+            n = math.prod(_sizes(e["shape"])) * dt.itemsize
+            offset = e["offset"]
+            if (n != e["nbytes"] or not isinstance(offset, int) or offset < 0
+                    or offset + n > len(payload)):
                 raise TicketError(f"{source}: array {e['name']} does not fit the payload")
-            arrays[e["name"]] = np.frombuffer(payload, dt, count=n // dt.itemsize,
-                                              offset=e["offset"]).reshape(e["shape"])
-    except (KeyError, TypeError) as e:
+            arrays[str(e["name"])] = np.frombuffer(payload, dt, count=n // dt.itemsize,
+                                                   offset=offset).reshape(e["shape"])
+    except TicketError as e:
+        raise TicketError(f"{source}: {e}" if not str(e).startswith(source) else str(e)) from None
+    except (KeyError, TypeError, ValueError) as e:
         raise TicketError(f"{source}: malformed manifest array table ({e!r})") from None
     return arrays
 
@@ -133,8 +154,10 @@ def parse_ticket_bytes(data: bytes, source: str = "ticket") -> tuple[dict, dict[
                           f"is corrupted or truncated; re-export or re-download it")
     try:
         manifest = json.loads(body[:manifest_len].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TicketError(f"{source}: unreadable manifest ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise TicketError(f"{source}: unreadable manifest ({type(e).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise TicketError(f"{source}: the manifest is not a JSON object")
     payload = body[manifest_len:]
     if manifest.get("payload_bytes") != len(payload):
         raise TicketError(f"{source}: payload is {len(payload)} bytes, manifest says "
@@ -143,7 +166,7 @@ def parse_ticket_bytes(data: bytes, source: str = "ticket") -> tuple[dict, dict[
 
 
 def _unpack(bits: np.ndarray, count: int, name: str) -> np.ndarray:
-    if bits.dtype != np.uint8 or bits.ndim != 1 or bits.size != (count + 7) // 8:
+    if bits.dtype != np.uint8 or bits.ndim != 1 or count < 0 or bits.size != (count + 7) // 8:
         raise TicketError(f"bit array {name} has {bits.size} bytes, expected {(count + 7) // 8}")
     return np.unpackbits(bits, count=count).astype(bool)
 
@@ -155,7 +178,7 @@ def _layers_from(manifest: dict, arrays: dict, mode: str, source: str) -> list[L
         raise TicketError(f"{source}: {alphas.shape} alphas for {len(entries)} layers")
     lts = []
     for i, e in enumerate(entries):
-        shape = tuple(int(d) for d in e["shape"])
+        shape = tuple(_sizes(e["shape"]))
         mask = _unpack(arrays[f"layer{i}/mask"], math.prod(shape), f"layer{i}/mask")
         mask = mask.reshape(shape)
         if int(mask.sum()) != e["kept"]:
@@ -182,6 +205,9 @@ def _ticket_from(manifest: dict, arrays: dict, source: str) -> Ticket:
                   others, info)
 
 
+MAX_IMAGE_ELEMENTS = 1 << 24  # a seed ticket's image_shape: far above ImageNet's 224x224x3
+
+
 def ticket_from_bytes(data: bytes, source: str = "ticket", *, verify_seed: bool = True) -> Ticket:
     """The ticket in ``data`` (file contents), validated; mode "seed" tickets get their
     signs from the regenerated weights (checked against the recorded hashes) unless
@@ -190,20 +216,48 @@ def ticket_from_bytes(data: bytes, source: str = "ticket", *, verify_seed: bool 
     try:
         ticket = _ticket_from(manifest, arrays, source)
         hashes = {SEP.join(e["path"]): e["signs_sha256"] for e in manifest["layers"]}
+        if ticket.mode == "signs":
+            for lt in ticket.layers:
+                if lt.signs_sha256() != hashes[lt.name]:
+                    raise TicketError(f"{source}: sign bits of layer {lt.name} do not match "
+                                      "the manifest hash")
+        elif verify_seed:
+            ticket.layers = _regenerated_layers(ticket, manifest, hashes, source)
     except KeyError as e:
         raise TicketError(f"{source}: manifest or payload lacks {e}") from None
-    if ticket.mode == "signs":
-        for lt in ticket.layers:
-            if lt.signs_sha256() != hashes[lt.name]:
-                raise TicketError(f"{source}: sign bits of layer {lt.name} do not match the "
-                                  f"manifest hash")
-    elif verify_seed:
-        if "init" not in manifest:
-            raise TicketError(f"{source}: mode 'seed' ticket without an init record")
-        frozen = seed.regenerate_frozen(ticket.model, ticket.model_options, ticket.image_shape,
-                                        manifest["init"])
-        ticket.layers = seed.check_regenerated(ticket.layers, frozen, hashes, manifest["init"])
+    except TicketError as e:
+        if str(e).startswith(source):
+            raise
+        raise TicketError(f"{source}: {e}") from None
+    except (TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+        # A manifest whose checksum matches but whose fields have the wrong types (written
+        # by hand, or by a buggy writer): one line, never a traceback.
+        raise TicketError(f"{source}: malformed manifest ({type(e).__name__}: "
+                          f"{str(e)[:200]})") from None
     return ticket
+
+
+def _regenerated_layers(ticket: Ticket, manifest: dict, hashes: dict, source: str):
+    """A seed ticket's layers with the signs of the regenerated weights. The model is built
+    from the manifest, so its shapes are checked (abstractly, nothing allocated) against the
+    layers the file's mask bits describe before the weights are drawn."""
+    if "init" not in manifest:
+        raise TicketError(f"{source}: mode 'seed' ticket without an init record")
+    image_shape = tuple(_sizes(list(ticket.image_shape)))
+    if len(image_shape) != 3 or math.prod(image_shape) > MAX_IMAGE_ELEMENTS:
+        raise TicketError(f"{source}: implausible image_shape {list(image_shape)} for a seed "
+                          "ticket")
+    try:
+        seed.check_layer_shapes(ticket.model, ticket.model_options, image_shape,
+                                manifest["init"], ticket.layers)
+        frozen = seed.regenerate_frozen(ticket.model, ticket.model_options, image_shape,
+                                        manifest["init"])
+    except TicketError:
+        raise
+    except Exception as e:  # noqa: BLE001  (any model code driven by the manifest's options)
+        raise TicketError(f"{source}: cannot rebuild model {ticket.model!r} from the manifest "
+                          f"({type(e).__name__}: {str(e)[:200]})") from None
+    return seed.check_regenerated(ticket.layers, frozen, hashes, manifest["init"])
 
 
 def load_ticket(path: str | os.PathLike, *, verify_seed: bool = True) -> Ticket:

@@ -67,6 +67,23 @@ def init_variables(model_name: str, model_opts: Mapping[str, Any], image_shape, 
     return fn(key)
 
 
+def check_layer_shapes(model_name, model_opts, image_shape, init: Mapping[str, Any],
+                       layers: Sequence[LayerTicket]) -> None:
+    """Refuses a seed ticket whose model (from its options) has other prunable weight shapes
+    than its layers, without drawing anything (``jax.eval_shape``): a forged manifest cannot
+    make the regeneration allocate more than the file's masks describe."""
+    key = _key_from_info(init)
+    model = build_model(model_name, stored_options(model_opts))
+    dummy = jax.ShapeDtypeStruct((1, *tuple(image_shape)), jnp.float32)
+    shapes = jax.eval_shape(lambda k, x: model.init({"params": k}, x, train=False), key, dummy)
+    flat = flatten_variables(shapes.get("frozen", {}))
+    for lt in layers:
+        w = flat.get(lt.path + ("weight",))
+        if w is None or tuple(w.shape) != lt.shape:
+            raise TicketError(f"the model of the manifest has no layer {lt.name} of shape "
+                              f"{lt.shape} (its options do not match the stored masks)")
+
+
 def regenerate_frozen(model_name, model_opts, image_shape, init: Mapping[str, Any]):
     """The frozen random weights ``model.init`` draws from the recorded key (``key_info``),
     under the recorded ``jax_threefry_partitionable`` setting."""
