@@ -16,9 +16,8 @@
 # MEMBERS_PROGRAMS picks its models, default conv4=6,resnet18_cifar=3).
 # The CIFAR-10 archive must travel inside the repository: .gpu_data/cifar10_train_jpeg.tar.gz
 # (git-ignored, carried), and pure-Python wheels the GPU machine lacks in .whl/
-# (ml_collections). MPT_COMMIT (or .gpu_data/COMMIT) names the commit for the rows.
-# Back here: tar xzf window.tar.gz, then experiments/results/cifar10.csv and tickets/
-# replace the working tree's copies (they hold the earlier rows too).
+# (ml_collections, tensorboardX). MPT_COMMIT (or .gpu_data/COMMIT) names the commit for the
+# rows. Back here: python experiments/import_window.py window.tar.gz.
 set -u
 cd "$(dirname "$0")/.."
 START=$(date +%s)
