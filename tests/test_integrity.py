@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from mpt_jax import checkpoint, loop
+from mpt_jax import checkpoint, integrity, loop
 from mpt_jax.errors import CheckpointError
 
 from test_resume import compilation_cache, config, ds, records, snapshot, without_wall  # noqa: F401
@@ -172,3 +172,42 @@ def test_damaged_metrics_line_before_a_resume_point(tmp_path, ds, finished):  # 
         f.writelines(["{not json\n"] + lines[1:])
     loop.train_and_evaluate(config(), workdir, dataset=ds)
     assert records(workdir) == finished["records"][1:]
+
+
+def fake_save(workdir, step, payload=b"weights"):
+    """A save directory as orbax leaves it (one data file) with its manifest."""
+    path = step_dir(workdir, step)
+    os.makedirs(path)
+    with open(os.path.join(path, "data"), "wb") as f:
+        f.write(payload + bytes([step]))
+    meta = dict(global_step=step, epoch=step // 10, step_in_epoch=0)
+    integrity.write_manifest(path, meta)
+    return path
+
+
+def test_a_member_program_resumes_from_the_newest_step_all_members_saved_intact(tmp_path):
+    a, b, c = (str(tmp_path / name) for name in "abc")
+    for workdir in (a, b, c):
+        fake_save(workdir, 10)
+        fake_save(workdir, 20)
+    fake_save(a, 30)  # a save the other members did not reach: not common
+    with open(os.path.join(step_dir(b, 20), "data"), "r+b") as f:
+        f.write(b"X")  # member b's step 20 is damaged: every member goes back to 10
+    found = integrity.find_common([a, b, c])
+    assert [f.step for f in found] == [10, 10, 10]
+    assert [f.meta["global_step"] for f in found] == [10, 10, 10]
+    assert [[(s, why) for s, _, why in f.damaged] for f in found] == [
+        [], [(20, "data does not match its sha256 checksum (the file is corrupt)")], []]
+    # All of them intact at 20: 20.
+    shutil.rmtree(step_dir(b, 20))
+    fake_save(b, 20)
+    assert [f.step for f in integrity.find_common([a, b, c])] == [20, 20, 20]
+    # No step that every member saved: a new program (None), nothing refused.
+    assert integrity.find_common([a, str(tmp_path / "empty")]) is None
+    # Common saves, none intact everywhere: one line, nothing deleted.
+    for step in (10, 20):
+        os.remove(os.path.join(step_dir(c, step), integrity.MANIFEST))
+    with pytest.raises(CheckpointError, match=r"^no global step that every member saved "
+                       r"intact \(.*20: it has no checksum manifest.*nothing was deleted"):
+        integrity.find_common([a, b, c])
+    assert sorted(os.listdir(os.path.join(c, "checkpoints", "latest"))) == ["10", "20"]
