@@ -31,6 +31,22 @@ def x64():
 
 
 @pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA cache for the module that asks for it: its runs compile the same
+    small steps again and again (each train_and_evaluate call builds new jitted functions)."""
+    import jax  # noqa: PLC0415
+
+    cache = str(tmp_path_factory.mktemp("xla_cache"))
+    old = (jax.config.jax_compilation_cache_dir,
+           jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield cache
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+@pytest.fixture(scope="module")
 def mesh8():
     """A 1-D "data" mesh over the 8 simulated CPU devices (the data pipeline tests)."""
     import jax  # noqa: PLC0415

@@ -13,7 +13,9 @@ import pytest
 from mpt_jax import checkpoint, integrity, loop
 from mpt_jax.errors import CheckpointError
 
-from test_resume import compilation_cache, config, ds, records, snapshot, without_wall  # noqa: F401
+from test_resume import config, ds, records, snapshot, without_wall  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # conftest.py
 
 EPOCHS = 2  # checkpoints at the end of each epoch: global steps 7 and 14
 

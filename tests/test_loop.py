@@ -7,7 +7,6 @@ import os
 import signal
 
 import chex
-import jax
 import pytest
 
 from mpt_jax import checkpoint, loop, members, parallel
@@ -16,17 +15,7 @@ from mpt_jax.errors import CheckpointWriteError, Interrupted, TrainingError
 from test_train import TinyDataset, tiny_config  # the same tiny run (6 steps per epoch)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Every train_and_evaluate call builds new jitted functions: cache the compilations."""
-    cache = str(tmp_path_factory.mktemp("xla_cache"))
-    old = (jax.config.jax_compilation_cache_dir,
-           jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # conftest.py
 
 
 # ---------------------------------------------------------------------------

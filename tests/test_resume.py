@@ -8,7 +8,6 @@ import os
 import re
 import signal
 
-import jax
 import pytest
 
 from mpt_jax import checkpoint, config_fields, loop, parallel, resume
@@ -20,17 +19,7 @@ SPE, LOG = 7, 3  # 112 examples / batch 16; log points 3 and 7 of every epoch (7
 WALL_CLOCK = ("time", "images_per_s")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Every train_and_evaluate call builds new jitted functions: cache the compilations."""
-    cache = str(tmp_path_factory.mktemp("xla_cache"))
-    old = (jax.config.jax_compilation_cache_dir,
-           jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # conftest.py
 
 
 @pytest.fixture(scope="module")
