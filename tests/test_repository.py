@@ -68,8 +68,7 @@ def text_lines(root: pathlib.Path, name: str):
 
 
 def python_files(root: pathlib.Path, *dirs: str) -> list[pathlib.Path]:
-    return sorted(p for d in dirs for p in (root / d).rglob("*.py")
-                  if "__pycache__" not in p.parts)
+    return sorted(p for d in dirs for p in (root / d).rglob("*.py") if "__pycache__" not in p.parts)
 
 
 def rel(root: pathlib.Path, path: pathlib.Path) -> str:
@@ -116,7 +115,7 @@ def markdown_anchors(path: pathlib.Path) -> set[str]:
 
 
 def find_broken_doc_links(root: pathlib.Path, files: list[str]) -> list[str]:
-    """``x.md#anchor`` citations whose file (next to the citing file, at the root or in
+    """``<file>.md#<anchor>`` citations whose file (next to the citing file, at the root or in
     docs/) or heading does not exist."""
     broken = []
     for name in files:
@@ -385,10 +384,11 @@ def test_citation_finder_finds_citations(tree):
 def test_link_finder_finds_missing_anchors(tree):
     root, write = tree
     write("docs/decisions.md", "# Decisions\n### alpha\n## Binary activations (MPT-1/1)\n")
-    files = [write("x.py", "# docs/decisions.md#alpha, decisions.md#binary-activations-mpt-11\n"
-                           "# docs/decisions.md#beta, docs/nothing.md#alpha\n")]
-    assert find_broken_doc_links(root, files) == ["x.py:2: docs/decisions.md#beta",
-                                                  "x.py:2: docs/nothing.md#alpha"]
+    md = ".md" + "#"  # split: this file is searched too
+    files = [write("x.py", f"# docs/decisions{md}alpha, decisions{md}binary-activations-mpt-11\n"
+                           f"# docs/decisions{md}beta, docs/nothing{md}alpha\n")]
+    assert find_broken_doc_links(root, files) == [f"x.py:2: docs/decisions{md}beta",
+                                                  f"x.py:2: docs/nothing{md}alpha"]
 
 
 def test_size_finder_finds_long_code(tree):
