@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The speed-target GPU benchmark (benchmarks/README.md) in ONE call: select micro-benchmark, then the training-step table
-# (ours in bf16, biprop and dense, sort vs radix, next to torch_peer.py bf16+channels-last
-# for the same model and batch), then one summary table ($OUT/gpu_results.md + .json).
+# The speed-target GPU benchmark (benchmarks/README.md) in ONE call: select
+# micro-benchmark, then the training-step table (ours in bf16, biprop and dense, sort vs
+# radix, next to torch_peer.py bf16+channels-last for the same model and batch), then one
+# summary table ($OUT/gpu_results.md + .json).
 #
 #   bash benchmarks/run_gpu.sh            # on the GPU machine (see benchmarks/README.md)
 #   bash benchmarks/run_gpu.sh --dry-run  # tiny settings on this machine's CPU (tests the script)
@@ -135,7 +136,8 @@ for g in $BENCH_GROUPS; do
     # conv4 experiments on its mask-search gap: 6-bit compare digits (fewer passes, so
     # fewer kernels), XLA's command buffers (CUDA graphs) switched off, and more privatised
     # histogram copies against the hot-bin contention of the first radix pass (the H200
-    # profile of 2026-11-26: one 82 us pass of conv4's 208 us search); rows tagged with their settings.
+    # profile of 2026-11-26: one 82 us pass of conv4's 208 us search); rows tagged with
+    # their settings.
     conv4x) run "conv4 compare digits" 25 60 $BENCH --model conv4 --batch $B_SMALL \
               --precision $PREC --modes biprop --select auto --mask-impl batched \
               --mask-method compare,compare6 $STEPS

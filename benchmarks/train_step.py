@@ -17,8 +17,9 @@ under jit) fails loudly instead of being timed.
 Columns: images/s and ms/step (median; ``spread`` = (max - min) / median of the repeats),
 ``vs dense`` = images/s of this row / images/s of the same model in mode=dense (target
 >= 0.90 / 0.95, benchmarks/README.md), ``mask %`` = 1 - dense step time / this step time
-(the share of the step the mask search and binarisation cost), ``step mem`` = the compiled step's device memory
-(arguments + outputs + temporaries - donated aliases, from XLA's memory analysis), ``peak``
+(the share of the step the mask search and binarisation cost), ``step mem`` = the compiled
+step's device memory (arguments + outputs + temporaries - donated aliases, from XLA's memory
+analysis), ``peak``
 = the device allocator's peak so far in this process (GPU only; rows run in order, so it
 is exact for the first row and an upper bound afterwards), ``compile`` = lower + compile
 seconds. ``--select`` picks the per-layer k-th-largest search of the biprop rows

@@ -42,7 +42,7 @@ MODES = ("biprop", "edgepopup", "dense", "binary_trained")
 INITS = ("kaiming_normal", "signed_constant", "unsigned_constant")
 FAN_MODES = ("fan_in", "fan_out")
 SCALE_FAN = ("none", "reference", "kept")
-RELU_GAIN = math.sqrt(2.0)  # also for BinAct models, as in the reference (docs/decisions.md#relu-gain)
+RELU_GAIN = math.sqrt(2.0)  # also for BinAct models, as the reference (decisions.md#relu-gain)
 
 
 def _choice(name: str, value: str, valid: Sequence[str]) -> str:
@@ -84,7 +84,8 @@ def weight_std(shape: Sequence[int], keep_fraction: float, fan_mode: str = "fan_
 
 def random_weight_init(init: str = "kaiming_normal", keep_fraction: float = 1.0,
                        fan_mode: str = "fan_in", scale_fan: str | bool = "none") -> Callable:
-    """Initialiser ``fn(key, shape, dtype)`` for the random weights W (docs/method.md#initialisation)."""
+    """Initialiser ``fn(key, shape, dtype)`` for the random weights W
+    (docs/method.md#initialisation)."""
     _choice("init", init, INITS)
 
     def fn(key, shape, dtype=jnp.float32):

@@ -94,8 +94,8 @@ def leaf_is_trainable(name: str, config) -> bool:
     """Whether a ``params`` leaf called ``name`` trains under ``config``.
 
     Scores train in the score modes unless BatchNorm is being fine-tuned; BatchNorm scale and
-    shift train only with ``learn_batchnorm`` / ``tune_batchnorm`` (docs/decisions.md#learn-batchnorm)
-    or in the weight-training baselines.
+    shift train only with ``learn_batchnorm`` / ``tune_batchnorm``
+    (docs/decisions.md#learn-batchnorm) or in the weight-training baselines.
     """
     mode = config.mode
     tune_bn = bool(config.get("tune_batchnorm", False))

@@ -1,7 +1,7 @@
 """mpt_jax.layers: initialisers and the conv / dense layers (docs/method.md, decisions.md#padding).
 
-References are float64 NumPy written from the method's equations (direct convolution loops, stable argsort
-masks), never the code under test.
+References are float64 NumPy written from the method's equations (direct convolution loops,
+stable argsort masks), never the code under test.
 """
 import math
 

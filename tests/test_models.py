@@ -517,10 +517,10 @@ def test_reference_fan_scaling_sets_the_logit_scale_of_a_bn_free_net(keep):
     """Conv-4 has no BatchNorm and no biases, and ReLU / max-pooling are positively
     homogeneous, so scaling W of each of its 7 prunable layers by c (alpha follows W, the
     masks follow the scores) scales the logits by c**7 exactly. The reference's fan * (1 - k)
-    (scale_fan="reference", docs/decisions.md#scale-fan) against the variance-preserving fan * k ("kept")
-    is c = sqrt(k / (1 - k)) per layer: at k = 0.2 the logits start 128x too small (the loss
-    sits at ln 10 until the scores grow), at k = 0.8 128x too large. Checked against that
-    float64 factor, which also fails if a layer ignored scale_fan."""
+    (scale_fan="reference", docs/decisions.md#scale-fan) against the variance-preserving
+    fan * k ("kept") is c = sqrt(k / (1 - k)) per layer: at k = 0.2 the logits start 128x
+    too small (the loss sits at ln 10 until the scores grow), at k = 0.8 128x too large.
+    Checked against that float64 factor, which also fails if a layer ignored scale_fan."""
     x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
     logits = {}
     for scale_fan in ("reference", "kept"):

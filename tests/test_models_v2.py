@@ -31,7 +31,7 @@ PLAIN = (64, 128, 256, 512)
 
 def resnet_budget(stem_kernel, stage_sizes, planes, bottleneck=False, base_width=64,
                   num_classes=1000, v2=False):
-    """(number of scores, number of BN channels), written from the reference's layer lists by hand."""
+    """(number of scores, number of BN channels), from the reference's layer lists by hand."""
     scores, bn, inp = 3 * stem_kernel ** 2 * 64, 64, 64
     for stage, (blocks, p) in enumerate(zip(stage_sizes, planes)):
         for b in range(blocks):
@@ -87,7 +87,8 @@ def test_v2_names_are_registered():
 
 @pytest.mark.parametrize("name", V2_NAMES)
 def test_v2_counts_and_forward_shapes(name):
-    """Scores = the reference's count (v1 twin); affine BN channels = formula; train/eval forward shapes.
+    """Scores = the reference's count (v1 twin); affine BN channels = formula; train/eval
+    forward shapes.
 
     Abstract (eval_shape) because compiling each full-size model costs 10-20 s on CI;
     the numerics are checked on small instances of the same classes below.
@@ -270,7 +271,8 @@ def test_v2_graph_matches_numpy(case, binact, x64):
     out, p, stats, _ = forward64(model, jnp.asarray(x))
     ref, bn = np_resnet_v2(x, p, binact=binact, **kwargs)
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
-    assert_running_stats(stats, bn)  # every BN saw the tensor the reference's graph puts it on, as often
+    # Every BN saw the tensor the reference's graph puts it on, as often.
+    assert_running_stats(stats, bn)
 
 
 @pytest.mark.parametrize("v1_cls,v2_cls,fields,hw,kwargs", [

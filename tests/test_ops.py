@@ -1,8 +1,8 @@
 """mpt_jax.ops against independent float64 NumPy references (the rules of docs/method.md).
 
-Every reference below is written from the method's equations, not from ops.py: the kept set is the head of
-a stable descending argsort of |s|, alpha the mean |W| over it, the score gradient
-sign(s) * W * G. All calls go through the public ops (biprop_kernel, topk_mask, ...) so
+Every reference below is written from the method's equations, not from ops.py: the kept
+set is the head of a stable descending argsort of |s|, alpha the mean |W| over it, the score
+gradient sign(s) * W * G. All calls go through the public ops (biprop_kernel, topk_mask, ...) so
 they also check whatever mpt_jax.select uses to find the threshold.
 """
 import math

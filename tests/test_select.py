@@ -2,7 +2,8 @@
 
 The threshold feeds select.topk_mask, so exactness matters bit for bit: a threshold one ulp
 off changes the kept set, and the select must give exactly the kept set of the sort, ties
-included (docs/method.md#the-mask-layerwise-top-k-on-s). The benchmark-only variants are tested in test_select_variants.py.
+included (docs/method.md#the-mask-layerwise-top-k-on-s). The benchmark-only variants are
+tested in test_select_variants.py.
 """
 import chex
 import jax

@@ -153,8 +153,9 @@ class TestCifar10Tfds:
         u = to_uint8_scale(got["image"], CIFAR_MEAN, CIFAR_STD)
         np.testing.assert_allclose(u, np.round(u), atol=2e-3)  # normalised uint8, these constants
         raw = ref["image"][idx].astype(np.float64)
-        # Each row is the reference image shifted by <= 4 pixels (zero padding, as the reference pads the raw image) and
-        # maybe flipped, so its centre 24x24 is a 24x24 window of the image or its mirror.
+        # Each row is the source image shifted by <= 4 pixels (zero padding of the raw image, as
+        # the reference pads) and maybe flipped, so its centre 24x24 is a 24x24 window of the
+        # image or its mirror.
         for row in range(32):
             centre = u[row, 4:28, 4:28]
             assert any(np.allclose(centre, img[sy:sy + 24, sx:sx + 24], atol=1e-3)

@@ -17,7 +17,8 @@ class ScoreNet(nn.Module):
     Options shared by every model (``get_model(name, **options)``):
       mode            biprop | edgepopup | dense | binary_trained
       keep_fraction   fraction of weights KEPT per layer, in (0, 1]
-      weight_init     kaiming_normal | signed_constant | unsigned_constant (docs/method.md#initialisation)
+      weight_init     kaiming_normal | signed_constant | unsigned_constant
+                      (docs/method.md#initialisation)
       fan_mode        fan_in | fan_out
       scale_fan       none | reference (fan * (1 - k)) | kept (fan * k)
       pruning         layerwise | global (docs/method.md#global-pruning-optional)

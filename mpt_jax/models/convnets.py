@@ -68,7 +68,8 @@ class ConvNet(ScoreNet):
 
 
 class VGGSmall(ScoreNet):
-    """The VGG_Small graph that the reference ran, reproduced on purpose (docs/decisions.md#vgg-graph).
+    """The VGG_Small graph that the reference ran, reproduced on purpose
+    (docs/decisions.md#vgg-graph).
 
     ReLU entry ``vgg_small`` (MPT-1/32, 4,656,512 scores) -- only TWO activations, as in the
     reference code whose other ReLUs are commented out (this is not the textbook VGG-Small):

@@ -1,9 +1,10 @@
 """CIFAR, ImageNet and wide ResNets of the reference, v1 (post-activation) blocks.
 
 Every convolution, the 1x1 projection shortcuts, the stem and the classifier are biprop
-layers, pruned and binarised at the same keep fraction, as in the reference. Layer names are flat and stable: ``conv1``/``bn1`` (stem),
-``layer{stage}_block{i}_conv{j}`` / ``_bn{j}`` / ``_shortcut_conv`` / ``_shortcut_bn``
-(stages counted from 1, blocks from 0, as torchvision) and ``classifier``.
+layers, pruned and binarised at the same keep fraction, as in the reference. Layer names
+are flat and stable: ``conv1``/``bn1`` (stem), ``layer{stage}_block{i}_conv{j}`` /
+``_bn{j}`` / ``_shortcut_conv`` / ``_shortcut_bn`` (stages counted from 1, blocks from 0,
+as torchvision) and ``classifier``.
 
 With ``binary_activations`` (the ``_binact`` entries) the sign activation S replaces every
 ReLU (stem, inside blocks, after the residual add); the input image and the classifier
@@ -129,7 +130,7 @@ class ImageNetResNet(_ResNetBase):
     block: str = "basic"
     base_width: int = 64
     planes: Sequence[int] = (64, 128, 256, 512)
-    pool_before_act: bool = False  # stem order C7 BN MP3 act even with ReLU (the reference's WRN-34)
+    pool_before_act: bool = False  # stem C7 BN MP3 act even with ReLU (the reference's WRN-34)
 
     def stage_planes(self) -> Sequence[int]:
         return self.planes

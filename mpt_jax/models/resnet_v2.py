@@ -42,11 +42,11 @@ sign). Where the reference's non-BinAct v2 file differs:
 
 * ``bn2_twice`` (option of the ImageNet / wide v2 models, default False): the reference's
   ReLU ``resnet_v2.py`` BasicBlock applies the SAME BN2 module twice, before and after the
-  add: act(BN2(BN2(C3(...)) + sc(x))). ``bn2_twice=True`` reproduces
-  it with one shared module (same statistics buffers and, with ``bn_affine``, the same
-  scale/bias; in training its running statistics are updated twice per step, as in PyTorch).
-  Default False: the double BatchNorm looks unintended, and no headline run of the paper
-  uses these models, so it is reproduced only on request. Bottlenecks reject it (see the shape bug below).
+  add: act(BN2(BN2(C3(...)) + sc(x))). ``bn2_twice=True`` reproduces it with one shared
+  module (same statistics buffers and, with ``bn_affine``, the same scale/bias; in training
+  its running statistics are updated twice per step, as in PyTorch). Default False: the
+  double BatchNorm looks unintended, and no headline run of the paper uses these models, so
+  it is reproduced only on request. Bottlenecks reject it (see the shape bug below).
 
 Reference shape bugs, implemented shape-correct here:
 
