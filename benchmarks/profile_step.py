@@ -1,4 +1,4 @@
-"""Where the training step's device time goes (issue 6: "the gap explained with a profile").
+"""Where the training step's device time goes: explains the gap between biprop and dense.
 
     python benchmarks/profile_step.py --model conv4 --batch 256 --precision bfloat16 \
         --mask-impl batched --mask-method radix_many          # on a GPU

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 6 GPU benchmark in ONE call: select micro-benchmark, then the training-step table
-# (ours in bf16, biprop and dense, sort vs radix, next to torch_peer.py bf16+channels-last
-# for the same model and batch), then one summary table ($OUT/gpu_results.md + .json).
+# The speed-target GPU benchmark (benchmarks/README.md) in ONE call: select
+# micro-benchmark, then the training-step table (ours in bf16, biprop and dense, sort vs
+# radix, next to torch_peer.py bf16+channels-last for the same model and batch), then one
+# summary table ($OUT/gpu_results.md + .json).
 #
 #   bash benchmarks/run_gpu.sh            # on the GPU machine (see benchmarks/README.md)
 #   bash benchmarks/run_gpu.sh --dry-run  # tiny settings on this machine's CPU (tests the script)
@@ -134,8 +135,9 @@ for g in $BENCH_GROUPS; do
               --mask-method $MASK_METHODS --torch-peer $STEPS ;;
     # conv4 experiments on its mask-search gap: 6-bit compare digits (fewer passes, so
     # fewer kernels), XLA's command buffers (CUDA graphs) switched off, and more privatised
-    # histogram copies against the hot-bin contention of the first radix pass (session 3's
-    # profile: one 82 us pass of conv4's 208 us search); rows tagged with their settings.
+    # histogram copies against the hot-bin contention of the first radix pass (the H200
+    # profile of 2026-11-26: one 82 us pass of conv4's 208 us search); rows tagged with
+    # their settings.
     conv4x) run "conv4 compare digits" 25 60 $BENCH --model conv4 --batch $B_SMALL \
               --precision $PREC --modes biprop --select auto --mask-impl batched \
               --mask-method compare,compare6 $STEPS
@@ -196,7 +198,7 @@ for g in $BENCH_GROUPS; do
               --mask-method radix_many --torch-peer $STEPS ;;
     # Where the time goes (benchmarks/profile_step.py): conv4 and resnet18_cifar with the
     # batched default, conv4 dense for comparison; tables appended to $OUT/profile.md.
-    # wrn34_2_binact's gap (0.917 of dense in session 3) had no profile.
+    # wrn34_2_binact's gap (0.917 of dense on the H200) had no profile then.
     prof34) for mode in biprop dense; do
               if [ $DRY = 1 ]; then M=resnet20_cifar; B=$B_SMALL; else M=wrn34_2_binact; B=$B_BIG; fi
               run "profile $M $mode" 40 100 $PY benchmarks/profile_step.py --model $M \
@@ -216,7 +218,7 @@ for g in $BENCH_GROUPS; do
 done
 
 say "=== total $(( $(date +%s) - START ))s"
-$PY benchmarks/summarize.py "$OUT" --title "mpt_jax issue 6 benchmark$([ $DRY = 1 ] && echo ' (DRY RUN)')" \
+$PY benchmarks/summarize.py "$OUT" --title "mpt_jax training-step benchmark$([ $DRY = 1 ] && echo ' (DRY RUN)')" \
   2>&1 | tee -a "$LOG"
 # gpu_results.json holds every row: drop the raw files so that a second script's files
 # still fit the 8 files that come back from the GPU machine.

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# All the GPU work of a session in TWO calls of ~5.5 min (the device budget is 15 min a
-# session, the machine's start included, and the device README asks for a script that
-# leaves time to rerun it): PHASE=1 (default) what closes issue 6's open rows, PHASE=2 the
-# rest. If phase 1 fails, rerun phase 1 instead of starting phase 2.
+# All the GPU work of one device loan in TWO calls of ~5.5 min (the budget is 15 device
+# minutes, the machine's start included, and a call should leave time to rerun it):
+# PHASE=1 (default) the open rows of the speed-target table (benchmarks/README.md), PHASE=2
+# the rest. If phase 1 fails, rerun phase 1 instead of starting phase 2.
 #
 #   run(command="bash benchmarks/run_gpu_all.sh", carry=[".whl", ".gpu_data"], timeout_s=350)
 #   run(command="PHASE=2 bash benchmarks/run_gpu_all.sh", carry=[".whl", ".gpu_data"], timeout_s=350)
 #   bash benchmarks/run_gpu_all.sh --dry-run      # this machine's CPU: tests the script
 #
 # PHASE=1: BENCH_GROUPS "prof34 wrn34b conv4b r18b digits", no end-to-end run, TOTAL_S 320:
-#   the wrn34_2_binact profile (biprop and dense), then the issue-6 table rows with dense
+#   the wrn34_2_binact profile (biprop and dense), then the speed-target table rows with dense
 #   and the peer (on an H100, the card the targets name, if one is lent: a call naming no
-#   kind gets one first; session 7 ran both phases so, benchmarks/RESULTS.md),
+#   kind gets one first; both phases ran so on 2026-11-26, benchmarks/RESULTS.md),
 #   then, if time is left, wrn34_2_binact with the 16+15-bit scatter digits and 8 histogram
 #   copies (KNOB_MODELS=wrn34_2_binact DIGIT_COPIES=8; compared with wrn34b's dense row).
 # PHASE=2: the end-to-end ResNet-18 run (benchmarks/run_gpu_e2e.sh, at most E2E_TIMEOUT=210

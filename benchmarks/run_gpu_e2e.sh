@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 6 end-to-end run: resnet18_cifar MPT-1/32 (configs/cifar10_resnet18.py: 100 epochs,
-# batch 256, keep_fraction 0.2) on the 45,000-image training part of the shared CIFAR-10
-# archive, timed by the wall clock INCLUDING JAX start-up, archive decoding, compilation,
-# per-epoch evaluation on the 5,000 held-out images and checkpoints (target: < 3 min on one
-# H100).
+# The end-to-end speed target's run (benchmarks/README.md): resnet18_cifar MPT-1/32
+# (configs/cifar10_resnet18.py: 100 epochs, batch 256, keep_fraction 0.2) on the
+# 45,000-image training part of the shared CIFAR-10 archive, timed by the wall clock
+# INCLUDING JAX start-up, archive decoding, compilation, per-epoch evaluation on the 5,000
+# held-out images and checkpoints (target: < 3 min on one H100).
 #
 #   bash benchmarks/run_gpu_e2e.sh [--dry-run] [--config.FIELD=VALUE ...]
 #

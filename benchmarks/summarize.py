@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from train_step import add_ratios, markdown_table  # noqa: E402
 
-TARGETS = {  # issue 6: images/s on one H100 and biprop/dense
+TARGETS = {  # images/s on one H100 and biprop/dense (benchmarks/README.md#speed-targets)
     "conv4": (150_000, 0.90), "resnet18_cifar": (45_000, 0.90), "wrn50_2": (4_000, 0.95),
     "wrn34_2_binact": (None, 0.95)}
 
@@ -52,7 +52,7 @@ def summarize(out_dir: str, title: str = "") -> str:
     errors = [r for r in rows if "error" in r]
     for r in errors:
         lines.append(f"- ERROR {r.get('model')} {r.get('mode')} {r.get('select')}: {r['error']}")
-    lines += ["", "## Targets (issue 6)", "", "| model | images/s (biprop, best select) | "
+    lines += ["", "## Targets", "", "| model | images/s (biprop, best select) | "
               "target | vs dense | target |", "|---|---|---|---|---|"]
     for model, (ips_target, ratio_target) in TARGETS.items():
         cand = [r for r in ok if r["model"] == model and r["mode"] == "biprop"

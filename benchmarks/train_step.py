@@ -1,4 +1,4 @@
-"""Throughput of the jitted training step (issue 6), optionally side by side with torch_peer.py.
+"""Throughput of the jitted training step, optionally side by side with torch_peer.py.
 
     python benchmarks/train_step.py --model resnet18_cifar --batch 256 --precision bfloat16 \
         --modes biprop,dense --select radix,sort --torch-peer
@@ -15,10 +15,11 @@ other types, so a step whose output state did not match its input (which would r
 under jit) fails loudly instead of being timed.
 
 Columns: images/s and ms/step (median; ``spread`` = (max - min) / median of the repeats),
-``vs dense`` = images/s of this row / images/s of the same model in mode=dense (issue 6
-target >= 0.90 / 0.95), ``mask %`` = 1 - dense step time / this step time (the share of the
-step the mask search and binarisation cost), ``step mem`` = the compiled step's device memory
-(arguments + outputs + temporaries - donated aliases, from XLA's memory analysis), ``peak``
+``vs dense`` = images/s of this row / images/s of the same model in mode=dense (target
+>= 0.90 / 0.95, benchmarks/README.md), ``mask %`` = 1 - dense step time / this step time
+(the share of the step the mask search and binarisation cost), ``step mem`` = the compiled
+step's device memory (arguments + outputs + temporaries - donated aliases, from XLA's memory
+analysis), ``peak``
 = the device allocator's peak so far in this process (GPU only; rows run in order, so it
 is exact for the first row and an upper bound afterwards), ``compile`` = lower + compile
 seconds. ``--select`` picks the per-layer k-th-largest search of the biprop rows

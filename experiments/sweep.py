@@ -4,7 +4,8 @@ Each point is an ordinary `python -m mpt_jax.main` run with overrides in its own
 so an interrupted sweep resumes where it stopped (finished points return at once).
 Results are collected into <root>/results.csv; plot them with experiments/plot.py.
 
-    # Conv-2/4/6/8 MPT-1/32 and MPT-1/1 against % pruned (paper figure; SPEC 6.10)
+    # Conv-2/4/6/8 MPT-1/32 and MPT-1/1 against % pruned (the paper's figure; keep fractions
+    # 0.8, 0.6, 0.5, 0.4, 0.2, 0.1 as the reference's README lists them)
     python experiments/sweep.py --sweep=prune_rate --root=runs/sweep_conv
     # Conv-8 width sweep and CIFAR ResNet depth sweep
     python experiments/sweep.py --sweep=width --root=runs/sweep_width
@@ -14,9 +15,9 @@ Results are collected into <root>/results.csv; plot them with experiments/plot.p
     python experiments/sweep.py --sweep=prune_rate --set num_epochs=10 --only '^cifar10_conv4,' --dry_run
 
 BN-free Conv-n at keep fractions far from 0.5: the configs' scale_fan="reference" (the
-reference code's fan * (1 - k), SPEC 8 item 8) starts them with logits (k / (1 - k))**3.5
-off for Conv-4; add `--set scale_fan=kept` for the variance-preserving fan * k (README,
-"Measured results": 56.82 % vs 72.54 % for Conv-4 at keep 0.2, 10 epochs).
+reference code's fan * (1 - k), docs/decisions.md#scale-fan) starts them with logits
+(k / (1 - k))**3.5 off for Conv-4; add `--set scale_fan=kept` for the variance-preserving
+fan * k (README, "Measured results": 56.82 % vs 72.54 % for Conv-4 at keep 0.2, 10 epochs).
 
 A Ctrl-C or SIGTERM is passed on to the running point, which saves a checkpoint and stops;
 the sweep then stops too, and the same command resumes it. results.csv (rewritten after

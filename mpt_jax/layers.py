@@ -1,6 +1,6 @@
-"""Flax linen layers with score-masked, binarised kernels, and their initialisers (SPEC 1, 3, 4).
+"""Flax linen layers with score-masked, binarised kernels, and their initialisers (docs/method.md).
 
-Variable collections (GUIDE.md):
+Variable collections (what each holds decides what the optimizer can see):
 
 * ``params``  -- what an optimizer may train: ``scores`` (biprop / edgepopup), ``kernel``
   (dense / binary_trained baselines), BatchNorm ``scale``/``bias`` when affine.
@@ -8,7 +8,8 @@ Variable collections (GUIDE.md):
   once from the ``params`` PRNG stream at ``init`` and never enter the optimizer.
 * ``batch_stats`` -- BatchNorm running statistics.
 * ``pruning`` -- only with ``pruning="global"``: the scalar ``threshold`` tau of every
-  layer, written by the training step before each forward pass (SPEC 1.7).
+  layer, written by the training step before each forward pass
+  (docs/method.md#global-pruning-optional).
 * ``masks`` -- optional, layerwise biprop/edgepopup only: a bool ``mask`` per layer
   precomputed for all layers at once (``mpt_jax.masks.BatchedTopK``, the batched mask
   path). Read when given to ``apply``, never created by ``init``.
@@ -19,7 +20,7 @@ its straight-through score gradient.
 
 Kernel modes:
 
-* ``biprop``          alpha * sign(W) * M (MPT, SPEC 1)
+* ``biprop``          alpha * sign(W) * M (MPT, docs/method.md)
 * ``edgepopup``       W * M (edge-popup baseline, paper appendix E)
 * ``dense``           ordinary trained weights (full-precision baseline)
 * ``binary_trained``  latent trained weights binarised to alpha * sign(W) with a
@@ -41,7 +42,7 @@ MODES = ("biprop", "edgepopup", "dense", "binary_trained")
 INITS = ("kaiming_normal", "signed_constant", "unsigned_constant")
 FAN_MODES = ("fan_in", "fan_out")
 SCALE_FAN = ("none", "reference", "kept")
-RELU_GAIN = math.sqrt(2.0)  # SPEC 3: nonlinearity must be relu, also for BinAct models
+RELU_GAIN = math.sqrt(2.0)  # also for BinAct models, as the reference (decisions.md#relu-gain)
 
 
 def _choice(name: str, value: str, valid: Sequence[str]) -> str:
@@ -58,11 +59,11 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
 
 def weight_std(shape: Sequence[int], keep_fraction: float, fan_mode: str = "fan_in",
                scale_fan: str | bool = "none", gain: float = RELU_GAIN) -> float:
-    """sigma = gain / sqrt(fan) of SPEC 3, with the optional fan scaling.
+    """sigma = gain / sqrt(fan) of Kaiming initialisation, with the optional fan scaling.
 
     ``scale_fan``: "none" (the configs' "u*" inits), "reference" (fan * (1 - k): what the
-    reference code does and what produced the paper's numbers, SPEC 8 item 8) or "kept"
-    (fan * k: the variance-preserving intent). ``True`` means "reference".
+    reference code does and what produced the paper's numbers) or "kept" (fan * k: the
+    variance-preserving intent); docs/decisions.md#scale-fan. ``True`` means "reference".
     """
     if scale_fan is True:
         scale_fan = "reference"
@@ -83,7 +84,8 @@ def weight_std(shape: Sequence[int], keep_fraction: float, fan_mode: str = "fan_
 
 def random_weight_init(init: str = "kaiming_normal", keep_fraction: float = 1.0,
                        fan_mode: str = "fan_in", scale_fan: str | bool = "none") -> Callable:
-    """Initialiser ``fn(key, shape, dtype)`` for the random weights W (SPEC 3)."""
+    """Initialiser ``fn(key, shape, dtype)`` for the random weights W
+    (docs/method.md#initialisation)."""
     _choice("init", init, INITS)
 
     def fn(key, shape, dtype=jnp.float32):
@@ -91,7 +93,8 @@ def random_weight_init(init: str = "kaiming_normal", keep_fraction: float = 1.0,
         if init == "kaiming_normal":
             return std * jax.random.normal(key, shape, dtype)
         if init == "signed_constant":
-            # Any fair +-1 draw is equivalent to the reference's sign of a uniform (SPEC 8.9).
+            # Any fair +-1 draw is equivalent to the reference's sign of a uniform draw
+            # (docs/decisions.md#signed-constant).
             return std * jax.random.rademacher(key, shape, dtype)
         return jnp.full(shape, std, dtype)  # unsigned_constant
 
@@ -99,7 +102,10 @@ def random_weight_init(init: str = "kaiming_normal", keep_fraction: float = 1.0,
 
 
 def score_init(key, shape, dtype=jnp.float32):
-    """Scores ~ U(-b, b), b = 1/sqrt(fan_in) from the tensor shape (SPEC 1.1)."""
+    """Scores ~ U(-b, b), b = 1/sqrt(fan_in) from the tensor shape, whatever ``fan_mode`` says.
+
+    This is what PyTorch's Kaiming-uniform with a = sqrt(5) gives, the reference's score init.
+    """
     bound = 1.0 / math.sqrt(fans(shape)[0])
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
@@ -157,7 +163,7 @@ class BipropConv(_KernelLayer):
     """Bias-free 2-D convolution (NHWC input, HWIO kernel) with a score-masked kernel.
 
     Padding is explicit and symmetric (default (k - 1) // 2 per side), matching PyTorch
-    also for stride 2, where XLA's "SAME" would pad (0, 1) (SPEC 8 item 25).
+    also for stride 2, where XLA's "SAME" would pad (0, 1) (docs/decisions.md#padding).
     """
 
     features: int = 1
@@ -192,7 +198,8 @@ class BipropDense(_KernelLayer):
 
 
 def batch_norm(train: bool, affine: bool = False, dtype: Any = jnp.float32, name: str | None = None):
-    """PyTorch-equivalent BatchNorm (SPEC 4.1): momentum 0.9, eps 1e-5, global-batch stats.
+    """PyTorch-equivalent BatchNorm: momentum 0.9, eps 1e-5, global-batch statistics
+    (docs/decisions.md#batchnorm).
 
     Non-affine (no scale/bias at all) by default; ``affine=True`` for "+BN" and the dense
     baselines. Statistics are computed in float32 whatever the compute dtype.

@@ -1,9 +1,9 @@
-"""Optimizers, learning-rate schedules, trainable sets and the loss (SPEC 4.2, 4.4, 6.3, 6.4).
+"""Optimizers, learning-rate schedules, trainable sets and the loss (docs/method.md#what-trains).
 
 * ``make_schedule(config, steps_per_epoch)``: cosine or constant LR with linear warmup, once per
   epoch as the reference (``schedule_granularity="epoch"``: lr(step) = f(step // steps_per_epoch))
   or smoothly per step (``"step"``).
-* ``trainable_labels(params, config)``: "train" / "freeze" per leaf of ``params`` (SPEC 4.2).
+* ``trainable_labels(params, config)``: "train" / "freeze" per leaf of ``params``, by mode.
 * ``make_optimizer(config, steps_per_epoch)``: ``optax.multi_transform`` that applies SGD (coupled
   weight decay + momentum) or Adam (no decay) to the trainable leaves and ``set_to_zero`` to the
   frozen ones, so frozen leaves get neither updates nor weight decay.
@@ -25,7 +25,7 @@ BN_LEAVES = ("scale", "bias")  # BatchNorm gamma / beta (layers.batch_norm)
 
 
 # ---------------------------------------------------------------------------
-# Learning-rate schedules (SPEC 6.3)
+# Learning-rate schedules (per epoch as in the reference; docs/decisions.md#schedule)
 
 
 def epoch_lr(epoch, base_lr: float, num_epochs: int, warmup_epochs: int = 0,
@@ -48,7 +48,7 @@ def epoch_lr(epoch, base_lr: float, num_epochs: int, warmup_epochs: int = 0,
 
 
 def make_schedule(config, steps_per_epoch: int) -> Callable[[Any], jax.Array]:
-    """optax schedule ``step -> lr`` of the config (SPEC 6.3).
+    """optax schedule ``step -> lr`` of the config.
 
     "epoch" granularity: lr(step) = f(step // steps_per_epoch), the reference's step function.
     "step" granularity: the same f evaluated at the fractional epoch step / steps_per_epoch,
@@ -82,7 +82,7 @@ def _step_lr(t, spe, base_lr, num_epochs, warmup_epochs, schedule):
 
 
 # ---------------------------------------------------------------------------
-# Trainable sets (SPEC 4.2)
+# Trainable sets (which ``params`` leaves each mode trains; docs/method.md#what-trains)
 
 
 def _leaf_name(path) -> str:
@@ -91,7 +91,12 @@ def _leaf_name(path) -> str:
 
 
 def leaf_is_trainable(name: str, config) -> bool:
-    """Whether a ``params`` leaf called ``name`` trains under ``config`` (SPEC 4.2 table)."""
+    """Whether a ``params`` leaf called ``name`` trains under ``config``.
+
+    Scores train in the score modes unless BatchNorm is being fine-tuned; BatchNorm scale and
+    shift train only with ``learn_batchnorm`` / ``tune_batchnorm``
+    (docs/decisions.md#learn-batchnorm) or in the weight-training baselines.
+    """
     mode = config.mode
     tune_bn = bool(config.get("tune_batchnorm", False))
     learn_bn = bool(config.get("learn_batchnorm", False))
@@ -121,7 +126,7 @@ def count_trainable(params, config) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------
-# Optimizers (SPEC 4.4)
+# Optimizers (SGD with coupled decay and momentum, or Adam, as in the reference)
 
 
 def _inner_optimizer(config, schedule) -> optax.GradientTransformation:
@@ -134,7 +139,8 @@ def _inner_optimizer(config, schedule) -> optax.GradientTransformation:
                       nesterov=bool(config.get("nesterov", False))))
     if name == "adam":
         adam = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
-        # The reference's Adam ignores weight_decay (SPEC 4.4, 8 item 11); coupled L2 on request.
+        # The reference's Adam ignores weight_decay (docs/decisions.md#adam-weight-decay); coupled
+        # L2 on request.
         if config.get("adam_weight_decay", False) and float(config.weight_decay) > 0:
             return optax.chain(optax.add_decayed_weights(float(config.weight_decay)), adam)
         return adam
@@ -146,18 +152,18 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     schedule = make_schedule(config, steps_per_epoch)
     inner = _inner_optimizer(config, schedule)
     if config.get("grad_clip", 0.0):
-        # Element-wise value clipping (reference --grad-clip, SPEC 4.4).
+        # Element-wise value clipping, the reference's --grad-clip.
         inner = optax.chain(optax.clip(float(config.grad_clip)), inner)
     return optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()},
                                  lambda params: trainable_labels(params, config))
 
 
 # ---------------------------------------------------------------------------
-# Loss (SPEC 6.4)
+# Loss (cross-entropy, optionally label-smoothed)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example CE against (1 - eps) onehot + eps / C (SPEC 6.4)."""
+    """Per-example CE against (1 - eps) onehot + eps / C (label smoothing eps, C classes)."""
     num_classes = logits.shape[-1]
     targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     if label_smoothing:

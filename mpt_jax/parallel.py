@@ -1,8 +1,10 @@
-"""Data parallelism with ``jax.jit`` over a device mesh (GUIDE.md: jit over a mesh, not pmap).
+"""Data parallelism with ``jax.jit`` over a device mesh, not ``jax.pmap``
+(docs/decisions.md#data-parallelism).
 
 One code path from one CPU to many GPUs / TPU cores / hosts: the training state is replicated
 (``P()``), batches are sharded along the mesh axis "data" (``P('data')``) and XLA inserts the
-gradient all-reduce. BatchNorm statistics are global-batch statistics (SPEC 8 item 29).
+gradient all-reduce. BatchNorm statistics are global-batch statistics
+(docs/decisions.md#batchnorm).
 Multi-host: ``maybe_initialize_distributed()`` calls ``jax.distributed.initialize()`` when the
 environment asks for it; each host then feeds only its own shard of every global batch
 (``host_batch_to_global``).

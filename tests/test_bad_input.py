@@ -1,4 +1,4 @@
-"""Issue 4 "Bad input": every user error through ``python -m mpt_jax.main`` (real subprocesses)
+"""Bad input: every user error through ``python -m mpt_jax.main`` (real subprocesses)
 gives one ``error:`` line on stderr that names the bad value / file, a non-zero exit status and
 no traceback, before any training. The subprocesses of all cases run concurrently (module
 fixture); each test checks one case."""

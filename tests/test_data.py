@@ -20,7 +20,7 @@ from mpt_jax.errors import DataError, DataNotFoundError
 
 SHARED_ARCHIVE = (pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" /
                   "cifar10_train_jpeg.tar.gz")
-CIFAR_MEAN = np.array([0.491, 0.482, 0.447])  # SPEC 6.5
+CIFAR_MEAN = np.array([0.491, 0.482, 0.447])  # the reference's normalisation constants
 CIFAR_STD = np.array([0.247, 0.243, 0.262])
 
 
@@ -153,7 +153,8 @@ def synthetic_rgb_source(n=64, size=32, seed=0):
 
 
 def reference_augment(images, dy, dx, flip, pad=4):
-    """float64 NumPy reference of SPEC 6.5: zero pad raw uint8, crop, flip, then normalise."""
+    """float64 NumPy version of the reference's CIFAR augmentation: zero pad raw uint8, crop,
+    flip, then normalise."""
     n, h, w, _ = images.shape
     padded = np.pad(images.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     out = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])

@@ -1,4 +1,4 @@
-"""Issue 4 "Scale and equivalence": the same 6 training steps of configs/smoke.py through
+"""Scale and equivalence: the same 6 training steps of configs/smoke.py through
 ``python -m mpt_jax.main`` on 1 CPU device, on 8 simulated CPU devices, and on 2 processes x 2
 devices joined by ``jax.distributed`` on localhost give the same scores (float32 tolerance:
 the gradient and BatchNorm reductions are summed in a different order on each topology).

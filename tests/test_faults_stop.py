@@ -1,4 +1,4 @@
-"""Issue 4 "Faults" that stop a run: non-finite steps, a failing checkpoint save (disk full),
+"""Faults that stop a run: non-finite steps, a failing checkpoint save (disk full),
 a workdir holding another run's checkpoint. Real ``python -m mpt_jax.main`` subprocesses (the
 injected faults through tests/fault_driver.py, the same command line with ``loop.Hooks``)."""
 import os

@@ -1,7 +1,7 @@
-"""mpt_jax.layers: initialisers (SPEC 1.1, 3, 9.1) and the conv / dense layers (SPEC 1.4, 8.25).
+"""mpt_jax.layers: initialisers and the conv / dense layers (docs/method.md, decisions.md#padding).
 
-References are float64 NumPy written from SPEC (direct convolution loops, stable argsort
-masks), never the code under test.
+References are float64 NumPy written from the method's equations (direct convolution loops,
+stable argsort masks), never the code under test.
 """
 import math
 
@@ -48,14 +48,14 @@ def _init(module, x, seed=0):
 
 
 # ---------------------------------------------------------------------------
-# Score initialisation (SPEC 1.1, 9.1)
+# Score initialisation: U(-b, b), b = 1 / sqrt(fan_in)
 
 
 @pytest.mark.parametrize("shape,bound", [((3, 3, 3, 64), 0.19245), ((3, 3, 64, 64), 0.041667),
                                          ((16384, 32), 0.0078125)])
 def test_score_init_bound(shape, bound):
     fan_in = math.prod(shape[:-1])
-    assert 1.0 / math.sqrt(fan_in) == pytest.approx(bound, rel=2e-5)  # SPEC 9.1 numbers
+    assert 1.0 / math.sqrt(fan_in) == pytest.approx(bound, rel=2e-5)  # worked out by hand
     s = np.asarray(layers.score_init(jax.random.key(1), shape), np.float64)
     assert s.shape == shape and s.dtype == np.float64
     assert np.abs(s).max() <= 1.0 / math.sqrt(fan_in)
@@ -73,7 +73,7 @@ def test_score_init_uses_fan_in_of_the_shape_for_dense():
 
 
 # ---------------------------------------------------------------------------
-# Random weights (SPEC 3)
+# Random weights (docs/method.md#initialisation)
 
 BIG_FIRST_CONV = (3, 3, 3, 4096)  # fan_in 27 like the first CIFAR conv; 110,592 samples
 
@@ -111,7 +111,7 @@ def test_signed_constant(scale_fan):
     w = np.asarray(layers.random_weight_init("signed_constant", k, "fan_in", scale_fan)(
         jax.random.key(5), BIG_FIRST_CONV))
     np.testing.assert_allclose(np.abs(w), sigma, rtol=1e-6)
-    assert abs((w > 0).mean() - 0.5) < 0.01  # fair signs (SPEC 8 item 9)
+    assert abs((w > 0).mean() - 0.5) < 0.01  # fair signs (docs/decisions.md#signed-constant)
 
 
 def test_unsigned_constant():
@@ -183,7 +183,7 @@ def test_conv_subnetwork_modes_use_masked_kernel(mode):
         kernel = np.asarray(w, np.float64) * (ref_biprop(np.ones_like(w), s, 0.3) != 0)
     y = np.asarray(conv.apply(variables, jnp.asarray(x)))
     np.testing.assert_allclose(y, ref_conv_nhwc_hwio(x, kernel, 2, 1), rtol=1e-5, atol=1e-5)
-    # The score gradient of the layer is sign(s) * W * dL/dkernel (SPEC 1.5): for
+    # The score gradient of the layer is sign(s) * W * dL/dkernel (docs/method.md): for
     # L = sum(y * g), dL/dkernel is the correlation of x with g.
     g = rng.standard_normal(y.shape).astype(np.float32)
     ds = jax.grad(lambda p: jnp.sum(conv.apply({"params": p, "frozen": variables["frozen"]},

@@ -1,5 +1,5 @@
-"""Mask rules and the batched masks of all layers at once (mpt_jax.masks, issue 6) and the mask_impl="batched"
-training step: exactly the per-layer kept sets, and bit-identical training."""
+"""Mask rules and the batched masks of all layers at once (mpt_jax.masks) and the
+mask_impl="batched" training step: exactly the per-layer kept sets, and bit-identical training."""
 
 import chex
 import jax
@@ -16,7 +16,7 @@ METHODS = ("compare", "compare1", "compare6", "radix_many", "per_layer")
 
 def numpy_topk(x: np.ndarray, keep_fraction: float) -> np.ndarray:
     """Independent reference: the first kept entries of a stable descending sort of |x|
-    (float64), kept = n - floor((1 - k) n) (SPEC 1.2)."""
+    (float64), kept = n - floor((1 - k) n) (docs/decisions.md#kept-count)."""
     flat = np.abs(x.astype(np.float64)).ravel()
     kept = flat.size - int(np.floor((1.0 - keep_fraction) * flat.size))
     order = np.argsort(-flat, kind="stable")

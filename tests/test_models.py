@@ -1,4 +1,4 @@
-"""Model zoo (SPEC 5): score counts, trainable sets, graphs, one training step (1 and 8 devices)."""
+"""Model zoo: score counts, trainable sets, graphs, one training step (1 and 8 devices)."""
 from __future__ import annotations
 
 import functools
@@ -67,7 +67,8 @@ def numpy_variables(model, x, seed: int = 0):
 
 
 # ---------------------------------------------------------------------------
-# Score counts (SPEC 5.1-5.7, 9 item 5) and output shapes, every registered model
+# Score counts (the reference models' weight counts, worked out by hand from their layer
+# lists) and output shapes, every registered model
 
 # name -> (input height/width, num_classes, options, number of scores)
 COUNTS = {
@@ -129,7 +130,7 @@ def test_score_count_and_output_shape(name, binact):
     model = get_model(name + ("_binact" if binact else ""), num_classes=num_classes, **options)
     variables, out = abstract_variables(model, hw, channels)
     assert leaf_sizes(variables["params"], "scores") == expected
-    # One frozen random weight per score, same shapes (SPEC 1.1).
+    # One frozen random weight per score, same shapes.
     assert leaf_sizes(variables["frozen"], "weight") == expected
     assert out.shape == (2, num_classes) and out.dtype == jnp.float32
 
@@ -141,14 +142,14 @@ def test_conv8_wide_counts(width_mult):
 
 
 def test_wide_vgg_small_width_8_equals_vgg_small_count():
-    # 16 * 8 = 128 channels: the same convolution shapes as VGG_Small (SPEC 5.3).
+    # 16 * 8 = 128 channels: the same convolution shapes as VGG_Small.
     variables, _ = abstract_variables(get_model("wide_vgg_small_binact", width_mult=8), 32)
     assert leaf_sizes(variables["params"], "scores") == 4_656_512
 
 
 @pytest.mark.parametrize("name,hw,channels", [("resnet18_cifar", 32, 4_800), ("wrn34_2", 224, 12_544)])
 def test_batchnorm_channel_counts(name, hw, channels):
-    # SPEC 5.9 BN channel budgets; every BN has a running mean of one entry per channel.
+    # BN channel budgets of the "+BN" models; every BN has a running mean of one entry per channel.
     for suffix in ("", "_binact"):
         variables, _ = abstract_variables(get_model(name + suffix, num_classes=1000), hw)
         assert leaf_sizes(variables["batch_stats"], "mean") == channels
@@ -189,7 +190,7 @@ def test_bad_width_raises():
 
 
 # ---------------------------------------------------------------------------
-# Trainable sets per mode (SPEC 4.2, 9 item 8)
+# Trainable sets per mode (docs/method.md#what-trains)
 
 
 @pytest.mark.parametrize("bn_affine", [False, True], ids=["nonaffine", "affine"])
@@ -245,7 +246,7 @@ def np_max_pool(x, window, stride, padding=0):
 
 
 def np_bn(x, p):
-    axes = tuple(range(x.ndim - 1))  # training mode: biased batch statistics (SPEC 4.1)
+    axes = tuple(range(x.ndim - 1))  # training mode: biased batch statistics, as PyTorch normalises
     y = (x - x.mean(axes)) / np.sqrt(x.var(axes) + 1e-5)
     return y * np.asarray(p["scale"], np.float64) + np.asarray(p["bias"], np.float64)
 
@@ -298,7 +299,7 @@ def test_convnet_graph_matches_numpy(name, x64):
 
 
 def np_vgg(x, p, binact, wide):
-    # SPEC 5.3 tables, written out layer by layer.
+    # The reference's VGG graphs, written out layer by layer.
     def c(x, i):
         return np_conv(x, p[f"conv{i}"]["kernel"])
 
@@ -315,7 +316,7 @@ def np_vgg(x, p, binact, wide):
         x = a(c(x, 1)); x = a(bn(mp(c(x, 2)), 2))
         x = a(c(x, 3)); x = a(bn(mp(c(x, 4)), 4))
         x = a(c(x, 5)); x = np_relu(bn(mp(c(x, 6)), 6))
-    else:  # only two ReLUs (SPEC 8 item 19)
+    else:  # only two ReLUs (docs/decisions.md#vgg-graph)
         x = np_relu(c(x, 1)); x = bn(mp(c(x, 2)), 2)
         x = c(x, 3); x = bn(mp(c(x, 4)), 4)
         x = c(x, 5); x = np_relu(bn(mp(c(x, 6)), 6))
@@ -381,7 +382,7 @@ def test_resnet_graph_matches_numpy(name, hw, kwargs, x64):
 
 
 # ---------------------------------------------------------------------------
-# Binary activations: every hidden layer input is exactly +-1 (SPEC 2.2, decision 27)
+# Binary activations: every hidden layer input is exactly +-1 (docs/decisions.md#sign-zero)
 
 
 def layer_inputs(model, x):
@@ -419,9 +420,9 @@ def test_binact_hidden_activations_are_plus_minus_one(name, mode, real_inputs):
         binary = set(np.unique(value)) <= {-1.0, 1.0}
         assert binary == (layer not in real_inputs), layer
     if name.startswith("vgg"):
-        assert seen["classifier"].min() >= 0  # SPEC 5.3: ReLU feeds the classifier
+        assert seen["classifier"].min() >= 0  # a ReLU feeds the classifier (decisions.md#vgg-graph)
     if name.startswith("resnet"):
-        assert np.abs(seen["classifier"]).max() <= 1  # average of signs (SPEC 5.4)
+        assert np.abs(seen["classifier"]).max() <= 1  # average of signs
 
 
 # ---------------------------------------------------------------------------
@@ -516,10 +517,10 @@ def test_reference_fan_scaling_sets_the_logit_scale_of_a_bn_free_net(keep):
     """Conv-4 has no BatchNorm and no biases, and ReLU / max-pooling are positively
     homogeneous, so scaling W of each of its 7 prunable layers by c (alpha follows W, the
     masks follow the scores) scales the logits by c**7 exactly. The reference's fan * (1 - k)
-    (scale_fan="reference", SPEC 8 item 8) against the variance-preserving fan * k ("kept")
-    is c = sqrt(k / (1 - k)) per layer: at k = 0.2 the logits start 128x too small (the loss
-    sits at ln 10 until the scores grow), at k = 0.8 128x too large. Checked against that
-    float64 factor, which also fails if a layer ignored scale_fan."""
+    (scale_fan="reference", docs/decisions.md#scale-fan) against the variance-preserving
+    fan * k ("kept") is c = sqrt(k / (1 - k)) per layer: at k = 0.2 the logits start 128x
+    too small (the loss sits at ln 10 until the scores grow), at k = 0.8 128x too large.
+    Checked against that float64 factor, which also fails if a layer ignored scale_fan."""
     x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
     logits = {}
     for scale_fan in ("reference", "kept"):

@@ -1,6 +1,7 @@
-"""The v2 ResNets (SPEC 5.4, 5.7, 5.8, 8 item 23; mpt_jax/models/resnet_v2.py).
+"""The reference's v2 ResNets (mpt_jax/models/resnet_v2.py, docs/decisions.md#v2-resnets).
 
-Score/BN counts of every v2 name against SPEC and an independent layer-list formula; the
+Score/BN counts of every v2 name against the reference's counts and an independent layer-list
+formula; the
 forward of every name (abstractly, train and eval); the v2 graphs (BN after the add, BN4,
 stem MP3 -> BN, the optional shared BN2) against a float64 NumPy reference on small instances
 of the same classes, including the running statistics; v1 != v2 on the same variables.
@@ -22,15 +23,15 @@ from mpt_jax.models.resnet_v2 import CifarResNetV2, ImageNetResNetV2, WideResNet
 from test_models import leaf_sizes, np_conv, np_max_pool, np_relu, np_sign, numpy_variables
 
 # ---------------------------------------------------------------------------
-# Counts: SPEC numbers and an independent formula from the layer lists of SPEC 5.4-5.8
+# Counts: the reference models' weight counts and an independent formula from their layer lists
 
-WIDE = (64, 192, 384, 768)  # SPEC 5.7: 64, 64(f+1), 128(f+1), 256(f+1) with f = 2
+WIDE = (64, 192, 384, 768)  # the reference's WRN-34-2: 64, 64(f+1), 128(f+1), 256(f+1), f = 2
 PLAIN = (64, 128, 256, 512)
 
 
 def resnet_budget(stem_kernel, stage_sizes, planes, bottleneck=False, base_width=64,
                   num_classes=1000, v2=False):
-    """(number of scores, number of BN channels), written from SPEC 5.4-5.8 by hand."""
+    """(number of scores, number of BN channels), from the reference's layer lists by hand."""
     scores, bn, inp = 3 * stem_kernel ** 2 * 64, 64, 64
     for stage, (blocks, p) in enumerate(zip(stage_sizes, planes)):
         for b in range(blocks):
@@ -38,7 +39,7 @@ def resnet_budget(stem_kernel, stage_sizes, planes, bottleneck=False, base_width
             if bottleneck:
                 u, out = p * base_width // 64, 4 * p
                 scores += inp * u + 9 * u * u + u * out
-                bn += 2 * u + out + (out if v2 else 0)  # v2: BN4 after the add (SPEC 5.8)
+                bn += 2 * u + out + (out if v2 else 0)  # v2: BN4 after the add
             else:
                 out = p
                 scores += 9 * inp * p + 9 * p * p
@@ -50,7 +51,7 @@ def resnet_budget(stem_kernel, stage_sizes, planes, bottleneck=False, base_width
     return scores + inp * num_classes, bn
 
 
-# name -> (num_classes, formula arguments, SPEC 5.x score count of the v1 twin or None)
+# name -> (num_classes, formula arguments, the reference's score count of the v1 twin or None)
 V2 = {
     "resnet18_cifar_v2": (10, (3, (2, 2, 2, 2), PLAIN), 11_164_352),
     "resnet34_cifar_v2": (10, (3, (3, 4, 6, 3), PLAIN), 21_265_088),
@@ -59,17 +60,17 @@ V2 = {
     "resnet50_v2": (1000, (7, (3, 4, 6, 3), PLAIN, True, 64), 25_502_912),
     "resnet101_v2": (1000, (7, (3, 4, 23, 3), PLAIN, True, 64), 44_442_816),
     "wrn34_2_v2": (1000, (7, (3, 4, 6, 3), WIDE), 48_270_528),
-    # No SPEC number: WideResNet50_2_BinAct_v2 has wide planes AND base_width 128.
+    # No reference count: WideResNet50_2_BinAct_v2 has wide planes AND base_width 128.
     "wrn50_2_v2": (1000, (7, (3, 4, 6, 3), WIDE, True, 128), None),
     "wrn34_3_v2": (1000, (7, (3, 4, 6, 3), (64, 256, 512, 1024)), 85_238_976),
     "wrn18_2_v2": (1000, (7, (2, 2, 2, 2), WIDE), 25_636_032),
-    "wrn18_2_cifar_v2": (10, (3, (2, 2, 2, 2), WIDE), None),  # no SPEC number
+    "wrn18_2_cifar_v2": (10, (3, (2, 2, 2, 2), WIDE), None),  # no reference count
 }
 V2_NAMES = sorted(V2) + sorted(n + "_binact" for n in V2)
 
 
-def test_formula_reproduces_spec_counts():
-    # Guards the formula itself with SPEC 5.4-5.9 numbers of the v1 models.
+def test_formula_reproduces_reference_counts():
+    # Guards the formula itself with the reference's numbers of the v1 models.
     assert resnet_budget(3, (2, 2, 2, 2), PLAIN, num_classes=10) == (11_164_352, 4_800)
     assert resnet_budget(7, (3, 4, 6, 3), WIDE) == (48_270_528, 12_544)
     assert resnet_budget(7, (3, 4, 6, 3), PLAIN, True, 128)[0] == 68_814_016  # WRN-50-2
@@ -86,7 +87,8 @@ def test_v2_names_are_registered():
 
 @pytest.mark.parametrize("name", V2_NAMES)
 def test_v2_counts_and_forward_shapes(name):
-    """Scores = SPEC (v1 twin); affine BN channels = formula; train/eval forward shapes.
+    """Scores = the reference's count (v1 twin); affine BN channels = formula; train/eval
+    forward shapes.
 
     Abstract (eval_shape) because compiling each full-size model costs 10-20 s on CI;
     the numerics are checked on small instances of the same classes below.
@@ -123,7 +125,7 @@ def test_wrn50_2_v2_bn4_matches_the_reference_size():
 
 
 # ---------------------------------------------------------------------------
-# Stem order (SPEC 5.7, 5.8): the v2 stem's BN sees the max-pooled map
+# Stem order: the v2 stem's BN sees the max-pooled map
 
 
 def bn1_input_shape(model, hw=32):
@@ -158,7 +160,7 @@ def test_stem_batchnorm_sees_the_pooled_map(name, after_pool):
 
 class NumpyBN:
     """Training-mode BN (biased batch statistics) that also folds the running statistics
-    the way PyTorch / flax do (momentum 0.9, initial mean 0 and var 1, SPEC 4.1)."""
+    the way PyTorch / flax do (momentum 0.9, initial mean 0 and var 1)."""
 
     def __init__(self, params):
         self.p = params
@@ -174,7 +176,7 @@ class NumpyBN:
 
 def np_resnet_v2(x, p, stages, binact, imagenet=False, bottleneck=False, base_width=64,
                  bn2_twice=False, v1=False):
-    """SPEC 5.4/5.7/5.8 v2 graphs (``v1=True``: the v1 graphs of SPEC 5.4/5.6/5.8).
+    """The reference's v2 ResNet graphs (``v1=True``: its v1 graphs).
 
     ``stages``: list of (blocks, planes). Returns (logits, NumpyBN with running stats).
     """
@@ -206,7 +208,7 @@ def np_resnet_v2(x, p, stages, binact, imagenet=False, bottleneck=False, base_wi
 
     if not imagenet:
         x = act(bn(conv(x, "conv1"), "bn1"))
-    elif v1:  # SPEC 5.8 BinAct stem: C7 BN MP3 S
+    elif v1:  # the reference's BinAct stem: C7 BN MP3 S
         x = act(np_max_pool(bn(conv(x, "conv1", 2), "bn1"), 3, 2, 1))
     else:  # v2: C7 MP3 BN act
         x = act(bn(np_max_pool(conv(x, "conv1", 2), 3, 2, 1), "bn1"))
@@ -243,7 +245,7 @@ CASES = {
     "imagenet_basic_bn2_twice": (ImageNetResNetV2, dict(stage_sizes=(1, 2), planes=(4, 8),
                                                         bn2_twice=True), 16,
                                  dict(stages=[(1, 4), (2, 8)], imagenet=True, bn2_twice=True)),
-    # base_width 64: the reference's 2u-sized BN4 would not fit the 4*planes sum (SPEC 5.8).
+    # base_width 64: the reference's 2u-sized BN4 would not fit the 4*planes sum.
     "imagenet_bottleneck": (ImageNetResNetV2, dict(stage_sizes=(2, 1), planes=(2, 4),
                                                    block="bottleneck"), 16,
                             dict(stages=[(2, 2), (1, 4)], imagenet=True, bottleneck=True)),
@@ -269,7 +271,8 @@ def test_v2_graph_matches_numpy(case, binact, x64):
     out, p, stats, _ = forward64(model, jnp.asarray(x))
     ref, bn = np_resnet_v2(x, p, binact=binact, **kwargs)
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
-    assert_running_stats(stats, bn)  # every BN saw the tensor SPEC puts it on, as often
+    # Every BN saw the tensor the reference's graph puts it on, as often.
+    assert_running_stats(stats, bn)
 
 
 @pytest.mark.parametrize("v1_cls,v2_cls,fields,hw,kwargs", [

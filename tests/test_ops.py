@@ -1,8 +1,8 @@
-"""mpt_jax.ops against independent float64 NumPy references (SPEC 1, 2.1, 9).
+"""mpt_jax.ops against independent float64 NumPy references (the rules of docs/method.md).
 
-Every reference below is written from SPEC, not from ops.py: the kept set is the head of
-a stable descending argsort of |s|, alpha the mean |W| over it, the score gradient
-sign(s) * W * G. All calls go through the public ops (biprop_kernel, topk_mask, ...) so
+Every reference below is written from the method's equations, not from ops.py: the kept
+set is the head of a stable descending argsort of |s|, alpha the mean |W| over it, the score
+gradient sign(s) * W * G. All calls go through the public ops (biprop_kernel, topk_mask, ...) so
 they also check whatever mpt_jax.select uses to find the threshold.
 """
 import math
@@ -17,11 +17,11 @@ from mpt_jax import masks, ops
 
 
 # ---------------------------------------------------------------------------
-# float64 NumPy references (SPEC 1.2-1.5, 1.7)
+# float64 NumPy references (mask, alpha, score gradient, global threshold)
 
 
 def ref_kept(n, k):
-    return n - math.floor((1.0 - k) * n)  # SPEC 1.2, Python floats are float64
+    return n - math.floor((1.0 - k) * n)  # docs/decisions.md#kept-count; Python floats are float64
 
 
 def ref_mask(scores, kept):
@@ -35,7 +35,7 @@ def ref_mask(scores, kept):
 def ref_biprop(weight, scores, k):
     w = np.asarray(weight, np.float64)
     m = ref_mask(scores, ref_kept(w.size, k))
-    alpha = np.abs(w)[m].mean()  # true kept count (SPEC decisions table, item 2)
+    alpha = np.abs(w)[m].mean()  # true kept count (docs/decisions.md#alpha)
     return alpha * np.sign(w) * m, m, alpha
 
 
@@ -109,7 +109,7 @@ def test_biprop_kernel_value_and_grad(shape, k, integer_scores):
     np.testing.assert_allclose(out, want, rtol=2e-6, atol=0)
     np.testing.assert_allclose(ds, ref_score_grad(w, s, g), rtol=1e-6, atol=0)
     np.testing.assert_array_equal(dw, np.zeros_like(w))  # W gets no gradient
-    # Every kept entry is +-alpha, a single alpha per layer (SPEC 1.4).
+    # Every kept entry is +-alpha, a single alpha per layer.
     np.testing.assert_allclose(np.abs(out[m]), alpha, rtol=2e-6)
 
 
@@ -311,18 +311,18 @@ def test_mismatched_shapes_and_bad_counts_raise():
 
 
 # ---------------------------------------------------------------------------
-# Binary activation and binary weights (SPEC 2.1, 9.4)
+# Binary activation and binary weights (docs/method.md#binary-activations-mpt-11)
 
 
 def test_binary_activation_forward_and_surrogate_grad():
     x = np.array([-3.0, -1.0, -0.75, -0.5, -1e-8, 0.0, -0.0, 1e-8, 0.25, 0.5, 1.0, 2.0], np.float32)
     y, pullback = jax.vjp(ops.binary_activation, jnp.asarray(x))
-    # +1 at x >= 0 (incl. exactly 0: project decision, SPEC decisions item 27), -1 elsewhere.
+    # +1 at x >= 0 (incl. exactly 0: docs/decisions.md#sign-zero), -1 elsewhere.
     np.testing.assert_array_equal(np.asarray(y), np.where(x >= 0, 1.0, -1.0))
     (dx,) = pullback(jnp.ones_like(jnp.asarray(x)))
     x64_ = x.astype(np.float64)
     np.testing.assert_allclose(np.asarray(dx), 2 * (1 - np.abs(np.clip(x64_, -1, 1))), atol=1e-6)
-    # SPEC 9.4: 2 at 0, 1 at +-0.5, 0 at +-1 and beyond.
+    # The ApproxSign surrogate: 2 at 0, 1 at +-0.5, 0 at +-1 and beyond.
     g = jax.grad(lambda v: ops.binary_activation(v))
     assert float(g(0.0)) == 2.0
     assert float(g(0.5)) == float(g(-0.5)) == 1.0
@@ -354,7 +354,7 @@ def test_binary_weight_forward_and_identity_ste():
 
 
 # ---------------------------------------------------------------------------
-# Global pruning (SPEC 1.7)
+# Global pruning (docs/method.md#global-pruning-optional)
 
 
 def _global_leaves(seed, integer_scores=False):
@@ -405,8 +405,8 @@ def test_global_threshold_traced_keep_fraction_and_jit():
 
 
 def test_global_threshold_for_count_traced_no_retrace():
-    """The kept count as an int32 array (what training passes): exact float64 SPEC 1.7
-    thresholds for every k, one trace for all of them, -inf when everything is kept."""
+    """The kept count as an int32 array (what training passes): exact float64
+    global thresholds for every k, one trace for all of them, -inf when everything is kept."""
     leaves, _ = _global_leaves(23)
     n = sum(s.size for s in leaves)
     f = jax.jit(chex.assert_max_traces(ops.global_threshold_for_count, n=1))
@@ -441,7 +441,7 @@ def test_global_layer_with_nothing_kept_gives_alpha_zero_not_nan():
 
 
 def test_global_keep_schedule_values():
-    # SPEC 1.7 / 9.6: p = 0.2, E_p = 10.
+    # The reference's cubic ramp at p = 0.2, E_p = 10 (values worked out by hand).
     want = [0.5, 0.4187, 0.3536, 0.3029, 0.2648, 0.2375, 0.2192, 0.2081, 0.2024, 0.2003, 0.2]
     got = [round(ops.global_keep_schedule(e, 0.2, 10), 4) for e in range(11)]
     assert got == want

@@ -1,4 +1,4 @@
-"""Optimizers, schedules, trainable sets and the loss (SPEC 4.2, 4.4, 6.3, 6.4, 9.6-9.9)."""
+"""Optimizers, schedules, trainable sets and the loss (mpt_jax.optim)."""
 import math
 
 import jax
@@ -17,7 +17,7 @@ def _config(**kw):
 
 
 # ---------------------------------------------------------------------------
-# Schedules: numbers of SPEC 6.3
+# Schedules: the reference's per-epoch values, worked out by hand
 
 
 SPE = 7  # steps per epoch; the epoch schedule must be a step function of step // SPE
@@ -70,7 +70,7 @@ def test_step_granularity_interpolates():
 
 
 # ---------------------------------------------------------------------------
-# SGD / Adam (SPEC 4.4, 9.9), frozen leaves
+# SGD (coupled decay, first step v = g + wd p) / Adam (no decay), frozen leaves
 
 
 def _params():
@@ -142,7 +142,7 @@ def test_learn_batchnorm_trains_bn_with_decay(x64):
 
 
 # ---------------------------------------------------------------------------
-# Trainable sets per mode (SPEC 4.2, 9.8) on a real model
+# Trainable sets per mode (docs/method.md#what-trains) on a real model
 
 
 def _model_params(**kw):
@@ -179,7 +179,7 @@ def test_trainable_leaf_counts(kw, n_train, n_leaves):
 
 
 # ---------------------------------------------------------------------------
-# Label-smoothed cross-entropy (SPEC 6.4, 9.7)
+# Label-smoothed cross-entropy: CE against (1 - eps) onehot + eps / C
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])

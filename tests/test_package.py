@@ -1,7 +1,7 @@
 """Package-level guarantees: importing mpt_jax (and running a CIFAR-size job) never pulls in
-TensorFlow or torch (GUIDE.md "import cost"; issue 2), every name one module reads from
-another exists, and the ticket package imports in one direction and reads no other
-module's private names."""
+TensorFlow or torch (GPU machines and Colab TPU runtimes have neither), every name one
+module reads from another exists, and the ticket package imports in one direction and reads
+no other module's private names."""
 import ast
 import importlib
 import importlib.util

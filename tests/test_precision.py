@@ -1,4 +1,4 @@
-"""Mixed precision (issue 6): bf16 compute, float32 scores / BN statistics / optimizer state.
+"""Mixed precision: bf16 compute, float32 scores / BN statistics / optimizer state.
 
 config.precision = "bfloat16" makes every conv / dense / BatchNorm of the model compute in
 bfloat16 (the model's ``dtype`` option) while every variable stays float32. A few training

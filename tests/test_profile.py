@@ -1,4 +1,4 @@
-"""benchmarks/profile_step.py: the issue-6 profile attributes device time to the right parts.
+"""benchmarks/profile_step.py: the profile attributes device time to the right parts.
 
 The attribution rests on the name scopes of mpt_jax.ops / train.train_step reaching XLA's
 op_name metadata; these tests fail if a scope is dropped or the HLO / trace parsing breaks.

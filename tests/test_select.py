@@ -1,8 +1,9 @@
 """Exact k-th largest (mpt_jax.select): every method against a float64 NumPy sort.
 
 The threshold feeds select.topk_mask, so exactness matters bit for bit: a threshold one ulp
-off changes the kept set (SPEC 1.2; issue 6: "exactly the same kept set as the sort, ties
-included"). The benchmark-only variants are tested in test_select_variants.py.
+off changes the kept set, and the select must give exactly the kept set of the sort, ties
+included (docs/method.md#the-mask-layerwise-top-k-on-s). The benchmark-only variants are
+tested in test_select_variants.py.
 """
 import chex
 import jax

@@ -43,9 +43,9 @@ from mpt_jax.data import imagenet, sources  # noqa: E402
 from mpt_jax.errors import DataError, DataNotFoundError  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CIFAR_MEAN = np.array([0.491, 0.482, 0.447])  # SPEC 6.5
+CIFAR_MEAN = np.array([0.491, 0.482, 0.447])  # the reference's normalisation constants
 CIFAR_STD = np.array([0.247, 0.243, 0.262])
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])  # SPEC 6.5
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])  # the reference's (torchvision's) constants
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 N_CIFAR = 40  # mock examples per split (tfds' mock yields the same examples for every split)
 N_IMAGENET = 20
@@ -124,7 +124,8 @@ class TestCifar10Tfds:
         assert ds.image_shape == (32, 32, 3)
         assert ds.num_train == N_CIFAR and ds.num_eval == N_CIFAR
         assert ds.eval_split_name.startswith("test")  # the real test split, not a hold-out
-        assert ds.steps_per_epoch == N_CIFAR // 16 == 2  # last partial batch dropped (SPEC item 31)
+        assert ds.steps_per_epoch == N_CIFAR // 16 == 2  # last partial batch dropped
+        # (docs/decisions.md#partial-batch)
         assert ds.eval_steps == 3
         assert cifar["augmented"].augment and not ds.augment
 
@@ -150,10 +151,11 @@ class TestCifar10Tfds:
         idx = ds.train_indices(0)[:32]
         np.testing.assert_array_equal(got["label"], ref["label"][idx])
         u = to_uint8_scale(got["image"], CIFAR_MEAN, CIFAR_STD)
-        np.testing.assert_allclose(u, np.round(u), atol=2e-3)  # normalised uint8, SPEC constants
+        np.testing.assert_allclose(u, np.round(u), atol=2e-3)  # normalised uint8, these constants
         raw = ref["image"][idx].astype(np.float64)
-        # Each row is the reference image shifted by <= 4 pixels (zero padding, SPEC 6.5) and
-        # maybe flipped, so its centre 24x24 is a 24x24 window of the image or its mirror.
+        # Each row is the source image shifted by <= 4 pixels (zero padding of the raw image, as
+        # the reference pads) and maybe flipped, so its centre 24x24 is a 24x24 window of the
+        # image or its mirror.
         for row in range(32):
             centre = u[row, 4:28, 4:28]
             assert any(np.allclose(centre, img[sy:sy + 24, sx:sx + 24], atol=1e-3)
@@ -306,7 +308,7 @@ def bilinear_matrix(size, new):
 
 
 def np_resize_center_crop(image):
-    """NumPy float64 reference of the eval transform (SPEC 6.5): shorter side -> 256 (bilinear;
+    """NumPy float64 reference of the ImageNet eval transform: shorter side -> 256 (bilinear;
     these images are upsampled, so antialiasing does not apply), centre crop 224."""
     height, width = image.shape[:2]
     scale = 256.0 / min(height, width)
@@ -358,7 +360,7 @@ class TestImageNet:
         assert ((labels >= 0) & (labels < N_IMAGENET)).all()  # crafted labels, in [0, 1000)
         assert len(set(labels.tolist())) == 16  # 16 distinct examples of 20: none twice
         u = to_uint8_scale(got["image"], IMAGENET_MEAN, IMAGENET_STD)
-        np.testing.assert_allclose(u, np.round(u), atol=2e-3)  # normalised uint8, SPEC constants
+        np.testing.assert_allclose(u, np.round(u), atol=2e-3)  # normalised uint8, these constants
         flips = []
         for row, label in enumerate(labels):
             height, width = IMAGENET_SIZES[label % len(IMAGENET_SIZES)]

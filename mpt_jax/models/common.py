@@ -1,4 +1,5 @@
-"""What every model shares: the kernel options of SPEC 1/3/4 and the layer factories."""
+"""What every model shares: the kernel options (mode, keep fraction, init, mask rule)
+and the layer factories."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,11 +17,13 @@ class ScoreNet(nn.Module):
     Options shared by every model (``get_model(name, **options)``):
       mode            biprop | edgepopup | dense | binary_trained
       keep_fraction   fraction of weights KEPT per layer, in (0, 1]
-      weight_init     kaiming_normal | signed_constant | unsigned_constant (SPEC 3)
+      weight_init     kaiming_normal | signed_constant | unsigned_constant
+                      (docs/method.md#initialisation)
       fan_mode        fan_in | fan_out
       scale_fan       none | reference (fan * (1 - k)) | kept (fan * k)
-      pruning         layerwise | global (SPEC 1.7)
-      bn_affine       affine BatchNorm ("+BN"); default False (non-affine, SPEC 4.1)
+      pruning         layerwise | global (docs/method.md#global-pruning-optional)
+      bn_affine       affine BatchNorm ("+BN"); default False (non-affine, as the reference's
+                      plain biprop runs)
       num_classes     classifier outputs
       dtype           compute dtype (jnp.float32 or jnp.bfloat16); variables stay float32
     The classifier and the first layer are pruned and binarised like every other layer.
@@ -67,7 +70,7 @@ class ScoreNet(nn.Module):
 
 
 def max_pool(x, window: int, stride: int, padding: int = 0):
-    """Max pooling with explicit symmetric padding by -inf (SPEC 5.0 MP2 / MP3)."""
+    """Max pooling with explicit symmetric padding by -inf (MP2: 2x2/2, MP3: 3x3/2 padded 1)."""
     pads = ((padding, padding), (padding, padding))
     return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
 

@@ -1,8 +1,9 @@
-"""Conv-2/4/6/8, Conv-nWide and VGG-Small families (SPEC 5.1-5.3).
+"""Conv-2/4/6/8, Conv-nWide and VGG-Small families of the reference (CIFAR-10, 32x32 input).
 
 Every "fully connected" layer of the reference is a 1x1 convolution on a (N, F, 1, 1)
 tensor; here it is a ``BipropDense`` on the flattened (N, F) tensor, which has the same
-weights, fans and initialisation (SPEC 5.0). Score counts equal SPEC 5's "Params" exactly.
+weights, fans and initialisation. Score counts equal the reference's weight counts exactly
+(tests/test_models.py lists them).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from mpt_jax.models.common import ScoreNet, flatten, max_pool
 
 
 def scaled(width: int, width_mult: float) -> int:
-    """scale(n) = int(n * width_mult), truncating as the reference does (SPEC 5.0)."""
+    """scale(n) = int(n * width_mult), truncating as the reference does."""
     out = int(width * width_mult)
     if out < 1:
         raise ValueError(f"width_mult={width_mult!r} scales width {width} to {out} channels; "
@@ -22,16 +23,16 @@ def scaled(width: int, width_mult: float) -> int:
 
 
 class ConvNet(ScoreNet):
-    """Conv-2/4/6/8 of SPEC 5.1 (ReLU, no BatchNorm) and their BinAct form of SPEC 5.2.
+    """Conv-2/4/6/8 (ReLU, no BatchNorm) and their binary-activation (BinAct) form.
 
     ``depth`` (2, 4, 6 or 8; fixed by the registry) convolutions in blocks of two, widths
     64, 128, 256, 512, each block ending in a 2x2 max-pool; head FC(F->256) FC(256->256)
     FC(256->num_classes). ``width_mult`` scales every hidden width by int(n * width_mult):
-    the Conv-nWide family (SPEC 5.1; Conv8Wide 0.5/1.5/2.0 = 1,320,032 / 11,867,424 /
+    the Conv-nWide family (Conv8Wide 0.5/1.5/2.0 = 1,320,032 / 11,867,424 /
     21,094,784 scores).
 
     ReLU (MPT-1/32): per block C3 R C3 R MP2; head FC R FC R FC; no BatchNorm anywhere.
-    BinAct (MPT-1/1, SPEC 5.2): per block C3 BN S C3 **MP2 BN S** (pool before the BN of the
+    BinAct (MPT-1/1): per block C3 BN S C3 **MP2 BN S** (pool before the BN of the
     second conv, as the reference); head FC BN S FC BN S FC, so the classifier input is binary.
     """
 
@@ -55,7 +56,7 @@ class ConvNet(ScoreNet):
                         x = max_pool(x, 2, 2)
                     continue
                 if second:
-                    x = max_pool(x, 2, 2)  # SPEC 5.2: MP2 before the BN of the second conv
+                    x = max_pool(x, 2, 2)  # the reference pools before the BN of the second conv
                 x = self.act(self.norm(train, name=f"bn{layer}")(x))
         x = flatten(x)
         for i in (1, 2):
@@ -67,7 +68,8 @@ class ConvNet(ScoreNet):
 
 
 class VGGSmall(ScoreNet):
-    """The VGG_Small graph that the reference ran (SPEC 5.3; SPEC 8 item 19, reproduced on purpose).
+    """The VGG_Small graph that the reference ran, reproduced on purpose
+    (docs/decisions.md#vgg-graph).
 
     ReLU entry ``vgg_small`` (MPT-1/32, 4,656,512 scores) -- only TWO activations, as in the
     reference code whose other ReLUs are commented out (this is not the textbook VGG-Small):
@@ -93,12 +95,13 @@ class VGGSmall(ScoreNet):
             x = self.norm(train, name=f"bn{layer}")(x)
             if binact and stage < 2:
                 x = self.act(x)
-        x = nn.relu(x)  # SPEC 5.3: the activation feeding the classifier is ReLU in both graphs
+        x = nn.relu(x)  # the activation feeding the classifier is ReLU in both reference graphs
         return self.logits(self.dense(self.num_classes, name="classifier")(flatten(x)))
 
 
 class WideVGGSmall(ScoreNet):
-    """Wide_VGG_Small and Wide_VGG_Small_132 of SPEC 5.3 (the graphs that were run, SPEC 8 item 19).
+    """The reference's Wide_VGG_Small and Wide_VGG_Small_132, the graphs that were run
+    (docs/decisions.md#vgg-graph).
 
     Widths 16w, 32w, 64w with w = ``width_mult`` (default 10: 160/320/640 channels,
     7,249,120 scores; the paper's "1.25x" VGG-Small):
@@ -123,7 +126,7 @@ class WideVGGSmall(ScoreNet):
                 x = self.norm(train, name=f"bn{layer}")(x)
                 if not (second and stage == 2):
                     x = self.act(x)
-        x = nn.relu(x)  # SPEC 5.3: final activation is ReLU also in the BinAct graph
+        x = nn.relu(x)  # the reference's final activation is ReLU also in the BinAct graph
         return self.logits(self.dense(self.num_classes, name="classifier")(flatten(x)))
 
 

@@ -1,13 +1,14 @@
-"""CIFAR, ImageNet and wide ResNets (SPEC 5.4-5.8), v1 (post-activation) blocks.
+"""CIFAR, ImageNet and wide ResNets of the reference, v1 (post-activation) blocks.
 
-Every convolution, the 1x1 projection shortcuts and the classifier are biprop layers
-(SPEC 4.3). Layer names are flat and stable: ``conv1``/``bn1`` (stem),
-``layer{stage}_block{i}_conv{j}`` / ``_bn{j}`` / ``_shortcut_conv`` / ``_shortcut_bn``
-(stages counted from 1, blocks from 0, as torchvision) and ``classifier``.
+Every convolution, the 1x1 projection shortcuts, the stem and the classifier are biprop
+layers, pruned and binarised at the same keep fraction, as in the reference. Layer names
+are flat and stable: ``conv1``/``bn1`` (stem), ``layer{stage}_block{i}_conv{j}`` /
+``_bn{j}`` / ``_shortcut_conv`` / ``_shortcut_bn`` (stages counted from 1, blocks from 0,
+as torchvision) and ``classifier``.
 
 With ``binary_activations`` (the ``_binact`` entries) the sign activation S replaces every
 ReLU (stem, inside blocks, after the residual add); the input image and the classifier
-input (a global average of signs, values in [-1, 1]) are not binary (SPEC 2.2, 5.4, 5.8).
+input (a global average of signs, values in [-1, 1]) are not binary, as in the reference.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class _ResNetBase(ScoreNet):
     """Residual blocks shared by the CIFAR and ImageNet ResNets (not registered)."""
 
     def _shortcut(self, x, features: int, strides: int, train: bool, prefix: str):
-        # "Option B" projection only where the shape changes (SPEC 5.4, 5.6).
+        # "Option B": a C1+BN projection only where the shape changes, identity elsewhere.
         if strides == 1 and x.shape[-1] == features:
             return x
         x = self.conv(features, 1, strides, name=f"{prefix}_shortcut_conv")(x)
@@ -43,7 +44,7 @@ class _ResNetBase(ScoreNet):
         return self.conv(features, 3, 1, name=f"{prefix}_conv2")(y)
 
     def basic_block(self, x, features: int, strides: int, train: bool, prefix: str):
-        """act(BN(C3(BN-act(C3(x, s)))) + shortcut(x)) (SPEC 5.4 / 5.6 BasicBlock, v1)."""
+        """act(BN(C3(BN-act(C3(x, s)))) + shortcut(x)): the v1 BasicBlock."""
         y = self.basic_branch(x, features, strides, train, prefix)
         y = self.norm(train, name=f"{prefix}_bn2")(y)
         return self.act(y + self._shortcut(x, features, strides, train, prefix))
@@ -82,21 +83,22 @@ class _ResNetBase(ScoreNet):
         return x
 
     def head(self, x):
-        # AP4 on the final 4x4 CIFAR map is the global average; ImageNet uses GAP (SPEC 5.4-5.6).
+        # The reference's AP4 on the final 4x4 CIFAR map is the global average; ImageNet uses GAP.
+        # (On the small ResNets' 8x8 map it was not: docs/decisions.md#resnet-head.)
         return self.logits(self.dense(self.num_classes, name="classifier")(global_avg_pool(x)))
 
 
 class CifarResNet(_ResNetBase):
-    """CIFAR ResNets: cResNet18/34 (SPEC 5.4), cResNet20...110 (SPEC 5.5) with BasicBlocks,
+    """CIFAR ResNets: cResNet18/34 and cResNet20...110 with BasicBlocks,
     and cResNet50/101/152 with Bottlenecks.
 
     Stem C3(3->w0) BN act, stages of ``stage_sizes`` blocks with ``stage_widths`` (first
     stage stride 1, later ones stride 2), GAP, classifier. For the small ResNets (widths
     16/32/64) this uses global average pooling and ``num_classes`` logits, the project's
-    fix of the reference's 40-logit head (SPEC decisions, item 21).
+    fix of the reference's 40-logit head (docs/decisions.md#resnet-head).
 
-    ``block="bottleneck"`` is the reference's CIFAR ``Bottleneck`` (models/resnet_cifar.py,
-    which SPEC 5.4 names but does not spell out; no config of the paper uses it):
+    ``block="bottleneck"`` is the reference's CIFAR ``Bottleneck`` (its models/resnet_cifar.py;
+    no config of the paper uses it):
     C1(in->w) BN act C3(w->w, s) BN act C1(w->4w) BN, plus the shortcut, then act, with
     the stride on the 3x3 and a C1+BN projection whenever the shape changes (so also in
     the first block of stage 1, where 64 channels become 256). That is the v1.5 block the
@@ -116,10 +118,10 @@ class CifarResNet(_ResNetBase):
 
 
 class ImageNetResNet(_ResNetBase):
-    """ImageNet ResNet-18/34/50/101 and WRN-50-2/101-2 (SPEC 5.6, 5.8), input 224x224.
+    """ImageNet ResNet-18/34/50/101 and WRN-50-2/101-2, input 224x224.
 
     Stem C7(3->64, s2) BN, then ReLU -> MP3 (ReLU graph) or MP3 -> S (BinAct graph,
-    SPEC 5.8); four stages with ``planes`` (strides 1, 2, 2, 2) of BasicBlocks or
+    the reference's order); four stages with ``planes`` (strides 1, 2, 2, 2) of BasicBlocks or
     torchvision v1.5 Bottlenecks (``base_width`` 128 = the wide WRN-50-2 / WRN-101-2);
     GAP; classifier. Pass ``num_classes=1000`` for ImageNet.
     """
@@ -128,17 +130,18 @@ class ImageNetResNet(_ResNetBase):
     block: str = "basic"
     base_width: int = 64
     planes: Sequence[int] = (64, 128, 256, 512)
-    pool_before_act: bool = False  # stem order C7 BN MP3 act even with ReLU (SPEC 5.7)
+    pool_before_act: bool = False  # stem C7 BN MP3 act even with ReLU (the reference's WRN-34)
 
     def stage_planes(self) -> Sequence[int]:
         return self.planes
 
     def stem(self, x, train: bool):
-        """C7(3->64, s2) BN, then act and MP3 in the SPEC 5.6-5.8 order (v2 models override it)."""
+        """C7(3->64, s2) BN, then act and MP3 in the reference's order (v2 models override it)."""
         x = self.conv(64, 7, 2, name="conv1")(x)
         x = self.norm(train, name="bn1")(x)
         if self.pool_before_act or self.binary_activations:
-            return self.act(max_pool(x, 3, 2, padding=1))  # SPEC 5.7 / 5.8 stem order
+            # Pool before the activation: the reference's WRN-34 and BinAct stems.
+            return self.act(max_pool(x, 3, 2, padding=1))
         return max_pool(self.act(x), 3, 2, padding=1)
 
     @nn.compact
@@ -150,7 +153,7 @@ class ImageNetResNet(_ResNetBase):
 
 
 class WideResNet34(ImageNetResNet):
-    """The reference's "WideResNet-34-2" (SPEC 5.7): NOT a Zagoruyko-Komodakis WRN.
+    """The reference's "WideResNet-34-2": NOT a Zagoruyko-Komodakis WRN (docs/decisions.md#wrn34).
     (Also its WRN-34-3 and, with BasicBlocks [2, 2, 2, 2], WRN-18-2.)
 
     The ImageNet ResNet-34 (BasicBlocks [3, 4, 6, 3], 7x7 stem, max-pool) with stage widths
@@ -200,13 +203,13 @@ register("wrn101_2", ImageNetResNet, stage_sizes=(3, 4, 23, 3), block="bottlenec
          **_IMAGENET_FIXED)
 register("wrn34_2", WideResNet34, stage_sizes=(3, 4, 6, 3), block="basic", base_width=64,
          planes=(64, 128, 256, 512), pool_before_act=True)
-# The reference's other widen factors (SPEC 5.7; its sweep configs only, no reported
+# The reference's other widen factors (its sweep configs only, no reported
 # number): WideResNet34_3 (64/256/512/1024) and WideResNet18_2 ([2,2,2,2], 64/192/384/768).
 # (WideResNet18_3's f = 2.5 gives fractional widths and crashes there; not registered.)
 register("wrn34_3", WideResNet34, stage_sizes=(3, 4, 6, 3), block="basic", base_width=64,
          planes=(64, 128, 256, 512), pool_before_act=True, widen_factor=3)
 register("wrn18_2", WideResNet34, stage_sizes=(2, 2, 2, 2), block="basic", base_width=64,
          planes=(64, 128, 256, 512), pool_before_act=True, widen_factor=2)
-# cWideResNet18_2 (SPEC 5.4, "other CIFAR entries"): cResNet18 with stage widths 64/192/384/768.
+# The reference's cWideResNet18_2: cResNet18 with stage widths 64/192/384/768 (no config uses it).
 register("wrn18_2_cifar", CifarResNet, stage_sizes=(2, 2, 2, 2),
          stage_widths=(64, 192, 384, 768), block="basic")

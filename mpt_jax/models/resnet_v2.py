@@ -1,6 +1,6 @@
-"""The reference's "v2" ResNets (SPEC 5.4, 5.7, 5.8, 8 item 23): BatchNorm moved after the add.
+"""The reference's "v2" ResNets: BatchNorm moved after the add (docs/decisions.md#v2-resnets).
 
-Blocks (h = block width, sc = identity or the C1+BN projection of SPEC 5.4/5.6):
+Blocks (h = block width, sc = identity or the C1+BN projection of the v1 blocks):
 
 * BasicBlock v2:  act(BN2(C3(act(BN1(C3(x, s)))) + sc(x)))  -- BN2 AFTER the residual add.
 * Bottleneck v2:  act(BN4(BN3(C1(act(BN2(C3(act(BN1(C1(x))), s))))) + sc(x)))  -- BN3 stays
@@ -26,8 +26,8 @@ resnet18_v2_binact          ResNet18_BinAct_v2 (resnet_BinAct_v2.py)
 resnet34_v2_binact          ResNet34_BinAct_v2 (resnet_BinAct_v2.py)
 resnet50_v2_binact          ResNet50_BinAct_v2 (resnet_BinAct_v2.py), shape-corrected (below)
 resnet101_v2_binact         ResNet101_BinAct *of resnet_BinAct_v2.py*, shape-corrected (below)
-wrn34_2_v2_binact           WideResNet34_2_BinAct_v2 (resnet_BinAct_v2.py; SPEC 5.7)
-wrn50_2_v2_binact           WideResNet50_2_BinAct_v2 (resnet_BinAct_v2.py; SPEC 5.8): bottleneck,
+wrn34_2_v2_binact           WideResNet34_2_BinAct_v2 (resnet_BinAct_v2.py)
+wrn50_2_v2_binact           WideResNet50_2_BinAct_v2 (resnet_BinAct_v2.py): bottleneck,
                             base_width 128, stage planes 64/192/384/768 (outputs x4)
 resnet18_v2, resnet34_v2    ResNet18_v2, ResNet34_v2 (resnet_v2.py) with ``bn2_twice=True``
 wrn34_2_v2                  WideResNet34_2_v2 (resnet_v2.py) with ``bn2_twice=True``
@@ -42,13 +42,13 @@ sign). Where the reference's non-BinAct v2 file differs:
 
 * ``bn2_twice`` (option of the ImageNet / wide v2 models, default False): the reference's
   ReLU ``resnet_v2.py`` BasicBlock applies the SAME BN2 module twice, before and after the
-  add: act(BN2(BN2(C3(...)) + sc(x))) (SPEC 5.7, 8 item 23). ``bn2_twice=True`` reproduces
-  it with one shared module (same statistics buffers and, with ``bn_affine``, the same
-  scale/bias; in training its running statistics are updated twice per step, as in PyTorch).
-  Default False because SPEC 5.7 says to replicate it only when such a config is needed (no
-  headline run uses it). Bottlenecks reject it (see the shape bug below).
+  add: act(BN2(BN2(C3(...)) + sc(x))). ``bn2_twice=True`` reproduces it with one shared
+  module (same statistics buffers and, with ``bn_affine``, the same scale/bias; in training
+  its running statistics are updated twice per step, as in PyTorch). Default False: the
+  double BatchNorm looks unintended, and no headline run of the paper uses these models, so
+  it is reproduced only on request. Bottlenecks reject it (see the shape bug below).
 
-Reference shape bugs (SPEC 5.4, 5.8, 8 item 23), implemented shape-correct here:
+Reference shape bugs, implemented shape-correct here:
 
 * resnet_BinAct_v2.py sizes BN4 as 2*u channels (u = planes * base_width / 64), but it acts
   on the 4*planes block output: equal only for base_width 128 (wrn50_2_v2_binact, which is
@@ -74,7 +74,7 @@ from mpt_jax.models.resnet import CifarResNet, ImageNetResNet, WideResNet34
 
 
 def _basic_block_v2(self, x, features: int, strides: int, train: bool, prefix: str):
-    """act(BN2(C3(act(BN1(C3(x, s)))) + sc(x))) (SPEC 5.4 / 5.7 / 5.8 v2 BasicBlock)."""
+    """act(BN2(C3(act(BN1(C3(x, s)))) + sc(x))): the v2 BasicBlock."""
     y = self.basic_branch(x, features, strides, train, prefix)
     bn2 = self.norm(train, name=f"{prefix}_bn2")
     if getattr(self, "bn2_twice", False):
@@ -84,7 +84,7 @@ def _basic_block_v2(self, x, features: int, strides: int, train: bool, prefix: s
 
 def _bottleneck_block_v2(self, x, planes: int, strides: int, train: bool, prefix: str,
                          base_width: int = 64):
-    """act(BN4(BN3(C1(...)) + sc(x))): v1.5 bottleneck plus a BN4 after the add (SPEC 5.8).
+    """act(BN4(BN3(C1(...)) + sc(x))): v1.5 bottleneck plus a BN4 after the add.
 
     BN4 has 4*planes channels, the size of the sum (the reference's 2*u is a shape bug for
     base_width 64; module docstring).
@@ -99,20 +99,20 @@ def _bottleneck_block_v2(self, x, planes: int, strides: int, train: bool, prefix
 
 
 def _stem_v2(self, x: jax.Array, train: bool) -> jax.Array:
-    """C7(3->64, s2) -> MP3 -> BN -> act: max-pool BEFORE the BatchNorm (SPEC 5.7, 5.8 v2)."""
+    """C7(3->64, s2) -> MP3 -> BN -> act: max-pool BEFORE the BatchNorm, as the reference's v2."""
     x = self.conv(64, 7, 2, name="conv1")(x)
     x = max_pool(x, 3, 2, padding=1)
     return self.act(self.norm(train, name="bn1")(x))
 
 
 class CifarResNetV2(CifarResNet):
-    """CIFAR ResNet-18/34 v2 (cResNet18/34(_BinAct)_v2, SPEC 5.4): v1 stem, v2 BasicBlocks."""
+    """CIFAR ResNet-18/34 v2 (cResNet18/34(_BinAct)_v2): v1 stem, v2 BasicBlocks."""
 
     basic_block = _basic_block_v2
 
 
 class ImageNetResNetV2(ImageNetResNet):
-    """ImageNet ResNet v2 (resnet_BinAct_v2.py / resnet_v2.py, SPEC 5.8): v2 stem and blocks.
+    """ImageNet ResNet v2 (resnet_BinAct_v2.py / resnet_v2.py): v2 stem and blocks.
 
     ``bn2_twice``: apply the BasicBlock's BN2 also before the add (reference resnet_v2.py).
     """
@@ -125,7 +125,7 @@ class ImageNetResNetV2(ImageNetResNet):
 
 
 class WideResNetV2(WideResNet34):
-    """The reference's widened ImageNet ResNets, v2 (SPEC 5.7, 5.8): stage planes 64,
+    """The reference's widened ImageNet ResNets, v2: stage planes 64,
     64(f+1), 128(f+1), 256(f+1) (f = ``widen_factor``, default 2: 64/192/384/768) of v2
     BasicBlocks (WideResNet34_2(_BinAct)_v2) or v2 Bottlenecks with base_width 128
     (WideResNet50_2_BinAct_v2); v2 stem C7 -> MP3 -> BN -> act.
