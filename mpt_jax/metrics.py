@@ -277,7 +277,7 @@ def layer_rows(params, config) -> list[dict]:
         if config.mode in ("dense", "binary_trained"):
             kept = total
         elif config.pruning == "global":
-            kept = None  # decided network-wide by the threshold (SPEC 1.7)
+            kept = None  # decided network-wide by one threshold (docs/method.md, global pruning)
         else:
             kept = ops.kept_count(total, float(config.keep_fraction))
         rows.append(dict(name="/".join(path[:-1]), shape=tuple(int(d) for d in leaf.shape),

@@ -1,6 +1,6 @@
 """Every shipped config loads, resolves, validates and builds its model (no training); the
 parametrised Conv-n config and its aliases agree; every field is documented; invalid values
-fail with one clear line (issue 3 "Command line and configs", issue 4)."""
+fail with one clear line."""
 import glob
 import importlib.util
 import os
@@ -127,7 +127,7 @@ def test_baseline_and_plus_bn_selection():
     c = load(path).get_config()
     c.mode = "dense"
     dense = config_utils.resolve(c)
-    assert (dense.optimizer, dense.learning_rate) == ("sgd", 0.01)  # SPEC 6.8 dense baseline
+    assert (dense.optimizer, dense.learning_rate) == ("sgd", 0.01)  # the reference's dense-baseline recipe
     # A field given on the command line wins over the baseline preset.
     c2 = load(path).get_config()
     c2.mode, c2.learning_rate = "dense", 0.05

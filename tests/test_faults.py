@@ -1,4 +1,4 @@
-"""Issue 4 "Faults": real subprocesses of ``python -m mpt_jax.main`` and real signals, no mocks.
+"""Faults: real subprocesses of ``python -m mpt_jax.main`` and real signals, no mocks.
 
 One tiny run (configs/smoke.py: 32-unit biprop MLP on the embedded digits, 22 steps/epoch,
 3 epochs, a checkpoint every 5 global steps) is trained once without interruption; the

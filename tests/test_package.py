@@ -99,44 +99,6 @@ def _cross_module_reads(patterns) -> list[tuple]:
     return found
 
 
-def _module_name(root: str, path: str) -> str:
-    import os
-
-    rel = os.path.relpath(path, root)[:-len(".py")].replace(os.sep, ".")
-    return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
-
-
-def _import_graph() -> dict[str, set[str]]:
-    """mpt_jax module -> the mpt_jax modules it imports. ``from pkg import sub`` depends on
-    the submodule; ``from pkg import name`` on the package's namespace (its __init__).
-    Importing a.b.c first runs the __init__ of a.b unless that package encloses the
-    importer (then it is already running: the parent-first order of every package)."""
-    import glob
-    import os
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    graph = {}
-    for path in glob.glob(os.path.join(root, "mpt_jax/**/*.py"), recursive=True):
-        name = _module_name(root, path)
-        with open(path) as f:
-            tree = ast.parse(f.read(), path)
-        targets = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
-                    and node.module.split(".")[0] == "mpt_jax":
-                subs = {f"{node.module}.{a.name}" for a in node.names}
-                modules = {m for m in subs if _is_module(m)}
-                targets |= modules | ({node.module} if modules != subs else set())
-            elif isinstance(node, ast.Import):
-                targets |= {a.name for a in node.names if a.name.split(".")[0] == "mpt_jax"}
-        for t in list(targets):
-            parts = t.split(".")
-            targets |= {p for p in (".".join(parts[:i]) for i in range(2, len(parts)))
-                        if not name.startswith(p + ".")}
-        graph[name] = targets - {name, "mpt_jax"}
-    return graph
-
-
 def _path_back(graph: dict[str, set[str]], start: str) -> list[str] | None:
     """A chain of imports from ``start`` back to itself, or None."""
     todo, seen = [(start, [start])], set()

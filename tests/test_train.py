@@ -1,5 +1,5 @@
 """Training program: steps, data parallelism, recompilation, checkpoints / resume, logging,
-and one end-to-end run of ``python -m mpt_jax.main`` (issue 3)."""
+and one end-to-end run of ``python -m mpt_jax.main``."""
 import glob
 import json
 import math
@@ -106,7 +106,7 @@ def test_global_pruning_threshold_no_retrace():
         scores = [np.asarray(x) for x in train._score_leaves(state.params)]
         state, metrics = p_train(state, next(batches))
         assert bool(metrics["finite"])
-        # tau of SPEC 1.7 from the pre-step scores, float64 NumPy: z ascending, z[p - 1].
+        # the global threshold tau (docs/method.md) from the pre-step scores, float64 NumPy: z ascending, z[p - 1].
         z = np.sort(np.abs(np.concatenate([s.ravel() for s in scores])).astype(np.float64))
         p = math.floor((1.0 - k) * z.size)
         taus = jax.tree.leaves(state.pruning)
@@ -119,7 +119,7 @@ def test_global_pruning_threshold_no_retrace():
 
 
 def test_global_kept_count_is_the_float64_count():
-    """SPEC 1.7's N - floor((1 - k) N) in float64, also where float32 arithmetic on the
+    """Global pruning's kept count N - floor((1 - k) N) in float64, also where float32 arithmetic on the
     device would give another count (e.g. N = 1000, k = 0.066: 934 in float64, 933 in
     float32): the state carries the host's count, not k."""
     params = {"a": {"scores": jnp.zeros((10, 60))}, "b": {"scores": jnp.zeros((400,))}}
@@ -251,7 +251,7 @@ def test_not_learning_early_stop(tmp_path):
     out = loop.train_and_evaluate(tiny_config(num_epochs=6, stop_if_not_learning=True),
                                    str(tmp_path), dataset=ds)
     assert out["stop_reason"] == "not_learning"
-    assert out["epochs_completed"] == 3  # SPEC 6.6: checked after evaluation when e > 1
+    assert out["epochs_completed"] == 3  # checked after each evaluation from epoch 2 on (docs/decisions.md#not-learning)
 
 
 # ---------------------------------------------------------------------------
