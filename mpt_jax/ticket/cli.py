@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Sequence
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -100,6 +101,9 @@ def _evaluation_config(F, ticket, which: str):
     if config.get("model") and config.model != ticket.model:
         raise TicketError(f"ticket is for model {ticket.model!r} but the config asks for "
                           f"{config.model!r}; use the run's config")
+    # Evaluation reads the eval split only: the training batch is set to its smallest valid
+    # value so that a small archive (e.g. a user's own test set) is not refused for it.
+    config.batch_size = jax.device_count()
     return config
 
 
