@@ -14,9 +14,18 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 _cache_home = tempfile.mkdtemp(prefix="mpt_jax_tests_cache_")
 os.environ["XDG_CACHE_HOME"] = _cache_home
 atexit.register(shutil.rmtree, _cache_home, ignore_errors=True)
+# Compiled programs are kept on disk however short their compilation: the tests compile the
+# same small programs again and again (each train_and_evaluate call, each run of
+# ``python -m mpt_jax.main`` builds new jitted functions), and a cache hit loads in
+# milliseconds. The runs started as subprocesses cache in their cache_dir (under the
+# throw-away $XDG_CACHE_HOME above); this process in a cache of its own.
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
-import pytest  # noqa: E402  (after the XLA flags above)
+import jax  # noqa: E402  (after the XLA flags above)
+import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.path.join(_cache_home, "xla_in_process"))
 
 
 @pytest.fixture
@@ -75,3 +84,10 @@ def run_into_closed_pipe():
             os.close(write_end)
 
     return run
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first: with one worker per core (pytest-xdist) the long ones start at
+    once and the many short ones fill the gaps around them, instead of a long test that
+    began last ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -9,8 +9,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from mpt_jax import checkpoint
+
+# every test: real subprocess runs, end to end
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ("--config=configs/smoke.py", "--config.num_epochs=1", "--config.max_train_steps=6")

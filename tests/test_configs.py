@@ -259,6 +259,7 @@ def test_command_line_errors_are_one_line_exit_2(tmp_path):
         assert not os.path.exists(tmp_path / "w" / "checkpoints")  # failed before any work
 
 
+@pytest.mark.slow  # five runs of main, end to end
 def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
     """``main.run(argv)`` from Python (a notebook): each call uses its own argv, never the
     previous call's --workdir or --config.* overrides (absl's flags are process-wide)."""
@@ -270,9 +271,10 @@ def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     smoke = os.path.join(ROOT, "configs", "smoke.py")
+    cache_dir = jax.config.jax_compilation_cache_dir  # the test session's (conftest.py)
 
     def run(*args, config=smoke):
-        # No persistent compilation cache: run() would switch it on for the test session.
+        # compilation_cache=False: run() leaves the process-wide cache option alone.
         head = ["m", f"--config={config}"] if config else ["m"]
         return main.run([*head, *args, "--config.compilation_cache=False"])
 
@@ -291,7 +293,7 @@ def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
     assert (default["global_step"], default["seed"]) == (3, 0)  # no --workdir: the default
     assert (b["epochs_completed"], b["seed"]) == (1, 4)
     assert sorted(os.listdir(tmp_path)) == ["a", "b", "runs"]
-    assert not jax.config.jax_compilation_cache_dir
+    assert jax.config.jax_compilation_cache_dir == cache_dir
     # Without --config: the embedded default, each time with only this call's overrides.
     assert run("--workdir=d", "--config.num_epochs=1", "--config.max_train_steps=2",
                config=None) == 0

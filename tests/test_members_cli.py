@@ -49,6 +49,7 @@ def cli_env(tmp_path_factory):
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
+@pytest.mark.slow  # subprocesses and real signals
 def test_signals_to_a_member_program_on_the_command_line(tmp_path, cli_env):
     """SIGKILL inside a member's save, SIGTERM (exit 143 and the resume command) and Ctrl-C
     (exit 130) stop a member program as they stop one run; the resumed programs end
