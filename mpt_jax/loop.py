@@ -125,11 +125,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, datas
     config_utils.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     hooks = hooks or Hooks()
-    founds = resume.open_checkpoints(config, workdir)  # refusals change nothing on disk
-    stored = resume.stored_result(config, workdir, founds)
-    if stored is not None:
+    runs = members.layout(config, workdir)  # its refusals, like the next, change nothing
+    founds = resume.open_checkpoints(config, runs)
+    if (stored := resume.stored_result(runs, founds)) is not None:
         return stored
-    tracks = members.open_tracks(config, workdir, restart=bool(config.restart),
+    tracks = members.open_tracks(config, workdir, runs, restart=bool(config.restart),
                                  during_save=hooks.during_checkpoint_save)
     for track in tracks:
         track.checkpointer.save = clock.timed(track.checkpointer.save, "checkpoint")

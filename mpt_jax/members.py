@@ -100,10 +100,10 @@ def layout(config, workdir: str) -> list[tuple[str, Any, str]]:
     return [(name, member, os.path.join(workdir, MEMBERS_DIR, name)) for name, member in members]
 
 
-def open_tracks(config, workdir: str, restart: bool = False, during_save=None) -> list[Track]:
+def open_tracks(config, workdir: str, runs: list, restart: bool = False,
+                during_save=None) -> list[Track]:
     """The tracks of ``config`` in ``workdir`` (``layout``), their checkpointers open
     (``restart`` discards their checkpoints); a member program records its members."""
-    runs = layout(config, workdir)
     tracks = []
     try:
         for i, (name, member, directory) in enumerate(runs):

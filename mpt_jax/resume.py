@@ -1,8 +1,8 @@
 """Resuming a run: the checkpoint it continues from, the checks that the config still fits
 that checkpoint, and the loop's state and logs brought back to the point where it was saved.
 
-  open_checkpoints(config, workdir) -> [Found | None] per track   (before anything is written)
-  stored_result(config, workdir, founds) -> the result of a finished run, or None
+  open_checkpoints(config, runs) -> [Found | None] per run   (before anything is written)
+  stored_result(runs, founds) -> the result of a finished run, or None
   restore(tracks, founds, states, run) -> the tracks' states
   checkpoint_meta(track, run, seconds) -> a track's checkpoint record (JSON)
 
@@ -40,15 +40,14 @@ SCHEDULE_FIELDS = ("num_epochs", "learning_rate", "schedule", "warmup_epochs",
 # Which checkpoint, and may this config continue it
 
 
-def open_checkpoints(config, workdir: str) -> list:
-    """The intact checkpoint (``integrity.Found``) each track continues, or Nones for a new
-    run; in ``members.layout``'s order. Reads only: a refusal (another run, another
-    schedule, no intact save) leaves the workdir as it was."""
-    runs = members.layout(config, workdir)
+def open_checkpoints(config, runs: list) -> list:
+    """The intact checkpoint (``integrity.Found``) each of ``runs`` (``members.layout``'s
+    (name, config, workdir) triples) continues, or Nones for a new run. Reads only: a
+    refusal (another run, another schedule, no intact save) leaves the workdir as it was."""
     if config.restart:
         return [None] * len(runs)
     if len(runs) == 1 and not runs[0][0]:
-        founds = [integrity.find_checkpoint(workdir)]
+        founds = [integrity.find_checkpoint(runs[0][2])]
     else:
         founds = integrity.find_common([d for _, _, d in runs]) or [None] * len(runs)
     for (_, run_config, directory), found in zip(runs, founds):
@@ -88,11 +87,10 @@ def check_schedule(meta: dict, config, workdir: str) -> None:
             "with the new values from the checkpoint on, or --config.restart=True to start over")
 
 
-def stored_result(config, workdir: str, founds: list) -> dict | None:
-    """The stored result when ``workdir`` holds this run (every member of this program),
+def stored_result(runs: list, founds: list) -> dict | None:
+    """The stored result when the workdirs of ``runs`` hold this run (every member),
     already finished; else None. result.json (rewritten from the checkpoint) and
     metrics.jsonl are repaired if damaged. A member program's is {member name: result}."""
-    runs = members.layout(config, workdir)
     for (_, run_config, _), found in zip(runs, founds):
         meta = None if found is None else found.meta
         if meta is None:
