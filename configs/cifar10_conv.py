@@ -23,11 +23,9 @@ Paper: no single number: accuracy against the fraction pruned, as figure curves 
 MPT-1/32 and MPT-1/1 (sweep --config.keep_fraction over 0.8, 0.6, 0.5, 0.4, 0.2, 0.1;
 experiments/sweep.py runs it) and of Conv-8 at widths 0.5 to 2. Scores per depth (width 1):
 Conv-2 4,300,992; Conv-4 2,425,024; Conv-6 2,261,184; Conv-8 5,275,840.
-Eval split: 500 images per class held out of the shared training archive (45,000 train /
-5,000 held-out; the CIFAR-10 test split is not available here), so numbers are comparable
-to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
-hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
+Held-out split (45,000 train / 5,000 held-out, the shared archive has no test split), the
+baselines (--config.mode=dense | edgepopup | binary_trained) and "+BN"
+(--config.learn_batchnorm=True): configs/common.py and docs/data.md#cifar-10-in-this-project.
 """
 from configs import common
 

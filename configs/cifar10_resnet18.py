@@ -5,22 +5,14 @@
 Expected 94.66 % (paper); "+BN" (--config.learn_batchnorm=True, resnet18-affine-kn-unsigned.yaml):
 94.8 %. SGD 0.1, momentum 0.9, wd 5e-4, batch 256, cosine, 100 epochs, keep_fraction 0.2,
 Kaiming normal + scale_fan. Dense baseline (resnet18-dense.yaml): SGD 0.1, wd 5e-4.
-Eval split: 500 images per class held out of the shared training archive (45,000 train /
-5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
-comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
-hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
+Held-out split (45,000 train / 5,000 held-out, the shared archive has no test split), the
+baselines (--config.mode=dense | edgepopup | binary_trained) and "+BN"
+(--config.learn_batchnorm=True): configs/common.py and docs/data.md#cifar-10-in-this-project.
 """
 from configs import common
 
 
 def get_config():
-    config = common.cifar10_config("resnet18_cifar")
+    config = common.cifar10_resnet18_config("resnet18_cifar")
     config.keep_fraction = 0.2
-    config.weight_decay = 5e-4
-    config.batch_size = 256
-    config.baseline_hparams.dense.learning_rate = 0.1
-    config.baseline_hparams.dense.weight_decay = 5e-4
-    config.baseline_hparams.binary_trained.learning_rate = 0.1
-    config.baseline_hparams.binary_trained.weight_decay = 5e-4
     return config

@@ -8,23 +8,15 @@ cResNet18_v2: the second BatchNorm of every BasicBlock moved after the residual 
 but stay at 1/0 unless --config.learn_batchnorm=True, as the reference).
 No reported number for the v2 model; for comparison, the v1 ResNet-18 MPT-1/32 reached
 94.66 % (paper, keep_fraction 0.2, configs/cifar10_resnet18.py).
-Eval split: 500 images per class held out of the shared training archive (45,000 train /
-5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
-comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
-hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
+Held-out split (45,000 train / 5,000 held-out, the shared archive has no test split), the
+baselines (--config.mode=dense | edgepopup | binary_trained) and "+BN"
+(--config.learn_batchnorm=True): configs/common.py and docs/data.md#cifar-10-in-this-project.
 """
 from configs import common
 
 
 def get_config():
-    config = common.cifar10_config("resnet18_cifar_v2")
+    config = common.cifar10_resnet18_config("resnet18_cifar_v2")
     config.keep_fraction = 0.3
     config.bn_affine = True
-    config.weight_decay = 5e-4
-    config.batch_size = 256
-    config.baseline_hparams.dense.learning_rate = 0.1
-    config.baseline_hparams.dense.weight_decay = 5e-4
-    config.baseline_hparams.binary_trained.learning_rate = 0.1
-    config.baseline_hparams.binary_trained.weight_decay = 5e-4
     return config

@@ -10,11 +10,9 @@ AffineBatchNorm (gamma/beta exist but stay at 1/0 unless --config.learn_batchnor
 as the reference).
 No reported number for this model; the closest reported CIFAR-10 ResNet-18 result is the
 v1 MPT-1/32 (ReLU) 94.66 % (paper, configs/cifar10_resnet18.py).
-Eval split: 500 images per class held out of the shared training archive (45,000 train /
-5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
-comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
-hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
+Held-out split (45,000 train / 5,000 held-out, the shared archive has no test split), the
+baselines (--config.mode=dense | edgepopup | binary_trained) and "+BN"
+(--config.learn_batchnorm=True): configs/common.py and docs/data.md#cifar-10-in-this-project.
 """
 from configs import common
 

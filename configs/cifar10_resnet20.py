@@ -6,11 +6,9 @@ resnet{20,32,44,56,110}-ukn-unsigned.yaml).
 Depths 20/32/44/56/110: --config.model=resnet56_cifar (MPT-1/1: resnet56_cifar_binact with
 --config.optimizer=adam). Paper: figures only. SGD 0.1, wd 5e-4, batch 256, cosine, 100
 epochs, Kaiming normal without fan scaling ("ukn"); global average pooling head.
-Eval split: 500 images per class held out of the shared training archive (45,000 train /
-5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
-comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
-hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
+Held-out split (45,000 train / 5,000 held-out, the shared archive has no test split), the
+baselines (--config.mode=dense | edgepopup | binary_trained) and "+BN"
+(--config.learn_batchnorm=True): configs/common.py and docs/data.md#cifar-10-in-this-project.
 """
 from configs import common
 

@@ -4,11 +4,9 @@
 
 Paper / README: 91.48 % (CIFAR-10 test). Adam 0.1 as in the file (no weight decay), batch
 128, cosine, 100 epochs, keep_fraction 0.05, Kaiming normal + scale_fan, non-affine BN.
-Eval split: 500 images per class held out of the shared training archive (45,000 train /
-5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
-comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
-hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
+Held-out split (45,000 train / 5,000 held-out, the shared archive has no test split), the
+baselines (--config.mode=dense | edgepopup | binary_trained) and "+BN"
+(--config.learn_batchnorm=True): configs/common.py and docs/data.md#cifar-10-in-this-project.
 """
 from configs import common
 

@@ -6,11 +6,9 @@ Reference wide10_vgg_small_BinAct_kn_unsigned.yml: Adam 0.1, batch 128, cosine, 
 keep_fraction 0.25 (75 % pruned), Kaiming normal + scale_fan, non-affine BN.
 Expected: 89.11 % (README) / 88.49 % (paper). "+BN" (--config.learn_batchnorm=True) switches to
 the affine file's Adam 2e-4: expected 91.9 %.
-Eval split: 500 images per class held out of the shared training archive (45,000 train /
-5,000 held-out; the CIFAR-10 test split is not available here), so numbers are
-comparable to, not identical with, the paper's test-set numbers.
-Baselines: --config.mode=dense | edgepopup | binary_trained (each with the reference's
-hyperparameters unless overridden); "+BN": --config.learn_batchnorm=True.
+Held-out split (45,000 train / 5,000 held-out, the shared archive has no test split), the
+baselines (--config.mode=dense | edgepopup | binary_trained) and "+BN"
+(--config.learn_batchnorm=True): configs/common.py and docs/data.md#cifar-10-in-this-project.
 """
 from configs import common
 

@@ -86,8 +86,29 @@ def run_into_closed_pipe():
     return run
 
 
+# What makes a test slow, as its marker says; each of them puts the test in the slow tier
+# (``-m "not slow"`` leaves it out; CI runs every tier).
+SLOW_KINDS = {
+    "multiprocess": "starts other processes: runs of python -m mpt_jax.main, real signals, "
+                    "several JAX processes",
+    "end_to_end": "a whole run in this process, a script or a notebook, from its input to its "
+                  "result files",
+    "compile_cache": "the persistent XLA compilation cache across runs",
+    "full_size": "a model or data set at the paper's full size",
+}
+
+
+def pytest_configure(config):
+    for kind, what in SLOW_KINDS.items():
+        config.addinivalue_line("markers", f"{kind}: {what} (slow tier)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
 def pytest_collection_modifyitems(items):
-    """The slow tests first: with one worker per core (pytest-xdist) the long ones start at
-    once and the many short ones fill the gaps around them, instead of a long test that
-    began last ending the run alone."""
+    """Marks every test of a slow kind ``slow``, and puts the slow tests first: with one
+    worker per core (pytest-xdist) the long ones start at once and the many short ones fill
+    the gaps around them, instead of a long test that began last ending the run alone."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

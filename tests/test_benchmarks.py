@@ -71,6 +71,7 @@ def test_every_results_table_has_its_raw_rows():
             assert all(r[k] for r in stored for k in STAMP + ("tensorflow",))
 
 
+@pytest.mark.end_to_end  # the script, whole
 def test_ticket_sizes_rebuilds_the_readme_table(capsys):
     import ticket_sizes  # noqa: PLC0415
 
@@ -106,6 +107,7 @@ FAKE_PEER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.end_to_end  # the script, whole
 def test_train_step_times_both_peer_kinds_and_keeps_its_rows(tmp_path, capsys):
     """``--torch-peer``: the peer eager and with --compile; ours is divided by the faster;
     every row goes to the results file with when, where and what."""
@@ -131,6 +133,7 @@ def test_train_step_times_both_peer_kinds_and_keeps_its_rows(tmp_path, capsys):
     assert "ours/faster peer" in table and f"| {round(ours / 150.0, 2):g} |" in table
 
 
+@pytest.mark.end_to_end  # the script, whole
 def test_select_bench_keeps_its_rows(tmp_path):
     import select_bench  # noqa: PLC0415
 
@@ -144,6 +147,7 @@ def test_select_bench_keeps_its_rows(tmp_path):
     assert len({r["run"] for r in rows}) == 1
 
 
+@pytest.mark.end_to_end  # the script, whole
 def test_input_pipeline_runs_on_a_few_images(tmp_path, capsys):
     pytest.importorskip("tensorflow", reason="the ImageNet input path needs TensorFlow: "
                         "pip install -e '.[tf]'")

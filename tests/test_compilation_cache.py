@@ -14,7 +14,7 @@ import pytest
 from mpt_jax import checkpoint
 
 # every test: real subprocess runs, end to end
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.compile_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ("--config=configs/smoke.py", "--config.num_epochs=1", "--config.max_train_steps=6")

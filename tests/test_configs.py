@@ -259,7 +259,7 @@ def test_command_line_errors_are_one_line_exit_2(tmp_path):
         assert not os.path.exists(tmp_path / "w" / "checkpoints")  # failed before any work
 
 
-@pytest.mark.slow  # five runs of main, end to end
+@pytest.mark.end_to_end  # five runs of main, end to end
 def test_main_run_twice_in_one_process(tmp_path, monkeypatch, capsys):
     """``main.run(argv)`` from Python (a notebook): each call uses its own argv, never the
     previous call's --workdir or --config.* overrides (absl's flags are process-wide)."""

@@ -440,6 +440,7 @@ def test_a_new_dataset_is_one_registry_entry(tmp_path, monkeypatch, mesh8):
 # ---------------------------------------------------------------------------------------------
 # the real shared CIFAR-10 archive
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.full_size  # all 50,000 images
 def test_shared_cifar10_archive(tmp_path):
     if not SHARED_ARCHIVE.exists():
         pytest.skip(f"shared CIFAR-10 archive not found at {SHARED_ARCHIVE}")

@@ -65,7 +65,7 @@ def wait_marker(proc, step):
         assert time.time() - t < TIMEOUT
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_1_device_8_devices_and_2x2_processes_agree(tmp_path):
     port = free_port()
     dirs = {name: str(tmp_path / name) for name in ("one", "eight", "multi")}
@@ -100,7 +100,7 @@ def test_1_device_8_devices_and_2x2_processes_agree(tmp_path):
         assert abs(got["metrics"]["accuracy"] - ref["metrics"]["accuracy"]) <= 100 / 359 + 1e-9
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigterm_stops_all_processes_together(tmp_path):
     """2 processes x 2 devices: SIGTERM to both during step 5 (a logging step): both agree,
     save one checkpoint together (a collective orbax save) and exit 143."""
@@ -136,7 +136,7 @@ def _stop_at(proc, step):
     return results[0]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_resume_on_another_device_count(tmp_path):
     """A run stopped (SIGTERM, mid-epoch) on 1 device resumes on 8 devices, and one stopped on
     8 resumes on 1; both end, after all 6 steps, with the scores of an uninterrupted 1-device

@@ -82,7 +82,7 @@ def test_only_that_matches_nothing_is_a_clear_error(capsys):
     assert "cifar10_conv8,keep_fraction=0.8,width_mult=0.5" in err  # what names look like
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sweep_stops_on_sigterm_resumes_and_plots(tmp_path):
     root = str(tmp_path / "sweep")
     driver = tmp_path / "driver.py"

@@ -20,6 +20,8 @@ import pytest
 
 from mpt_jax import checkpoint, ops
 
+pytestmark = pytest.mark.multiprocess  # real runs of python -m mpt_jax.main and real signals
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = os.path.join(ROOT, "tests", "fault_driver.py")
 SPE = 22  # digits: 1,438 training images // batch 64

@@ -10,6 +10,8 @@ import pytest
 
 from mpt_jax import checkpoint
 
+pytestmark = pytest.mark.multiprocess  # real runs of python -m mpt_jax.main
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = os.path.join(ROOT, "tests", "fault_driver.py")
 TIMEOUT = 120

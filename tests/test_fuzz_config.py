@@ -92,13 +92,13 @@ def test_fuzzed_field_values_start_a_run_or_fail_in_one_line(name, uncompiled_st
     fuzz_field(name, uncompiled_steps, capsys, examples=3)
 
 
-@pytest.mark.slow
+@pytest.mark.end_to_end
 @pytest.mark.parametrize("name", NAMES)
 def test_more_fuzzed_field_values(name, uncompiled_steps, capsys):
     fuzz_field(name, uncompiled_steps, capsys, examples=10)
 
 
-@pytest.mark.slow
+@pytest.mark.end_to_end
 @pytest.mark.parametrize("name", ["model_options.hidden", "learning_rate", "batch_size",
                                   "keep_fraction", "seed", "label_smoothing", "grad_clip",
                                   "warmup_epochs", "log_every_steps", "precision"])

@@ -101,6 +101,7 @@ CASES = {
 }
 
 
+@pytest.mark.end_to_end
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_member_equals_its_single_run(tmp_path, case):
     keeps, seeds, data_seed = (0.6, 0.3), (1, 2), 5
@@ -131,6 +132,7 @@ def test_every_member_equals_its_single_run(tmp_path, case):
     assert [(m["keep_fraction"], m["seed"]) for m in record["members"]] == list(zip(keeps, seeds))
 
 
+@pytest.mark.end_to_end
 def test_digits_members_equal_single_runs_and_their_workdirs_are_single_runs(tmp_path, capsys):
     """The embedded digits through the real data pipeline (so the data order comes from
     data_seed, not seed), the MLP with BatchNorm, batched radix masks; member keep 0.6

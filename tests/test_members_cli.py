@@ -49,7 +49,7 @@ def cli_env(tmp_path_factory):
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
-@pytest.mark.slow  # subprocesses and real signals
+@pytest.mark.multiprocess  # subprocesses and real signals
 def test_signals_to_a_member_program_on_the_command_line(tmp_path, cli_env):
     """SIGKILL inside a member's save, SIGTERM (exit 143 and the resume command) and Ctrl-C
     (exit 130) stop a member program as they stop one run; the resumed programs end
@@ -106,6 +106,7 @@ def test_signals_to_a_member_program_on_the_command_line(tmp_path, cli_env):
     assert "stopped by Ctrl-C at epoch 1, step 3 of 22 (global step 3)" in err
 
 
+@pytest.mark.end_to_end  # benchmarks/members.py, whole
 def test_members_benchmark_runs_on_cpu(tmp_path, capsys):
     """benchmarks/members.py at tiny sizes: a row for the single run and one for the program,
     the program's aggregate images/s = members x its per-member images/s."""

@@ -69,7 +69,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_hosts_read_disjoint_shards_that_cover_every_example(tmp_path):
     data_dir = str(tmp_path / "tfds")
     os.makedirs(data_dir)

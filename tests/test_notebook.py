@@ -134,7 +134,7 @@ def test_colab_install_accelerator_and_data_cells(tmp_path, outside, monkeypatch
     assert os.listdir(outside) == []  # the clone went where CHECKOUT said
 
 
-@pytest.mark.slow
+@pytest.mark.end_to_end
 def test_colab_notebook_runs_every_cell(tmp_path, outside, monkeypatch):
     """Every cell as written, the install cell included; ResNet-18 for one step."""
     settings = colab_settings(tmp_path, EPOCHS=1, MAX_STEPS=1, BATCH_SIZE=8,
@@ -177,6 +177,7 @@ def execute_notebook(path, overrides: str, tmp_path, monkeypatch):
                    for o in c.get("outputs", []) if o.get("output_type") == "stream")
 
 
+@pytest.mark.end_to_end  # the notebook, every cell
 def test_explore_ticket_notebook_evaluates_a_ticket(tmp_path, monkeypatch):
     ticket = os.path.join(ROOT, "tests", "fixtures", "digits_mlp_signs_v1.ticket")
     printed = execute_notebook(EXPLORE, f"TICKET = {ticket!r}\nCONFIG = 'configs/default.py'\n"
@@ -187,6 +188,7 @@ def test_explore_ticket_notebook_evaluates_a_ticket(tmp_path, monkeypatch):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.end_to_end  # the notebook, every cell
 def test_explore_ticket_notebook_reads_the_shipped_ticket(tmp_path, monkeypatch):
     """The notebook's own default, a ticket under tickets/ (without the minute-long CPU
     evaluation of 5,000 CIFAR images)."""

@@ -92,6 +92,7 @@ def test_device_time_prefers_gpu_stream_events_and_ignores_host_events():
     assert sum(r["share"] for r in summary["categories"]) == pytest.approx(1.0)
 
 
+@pytest.mark.end_to_end  # benchmarks/profile_step.py, whole
 @pytest.mark.parametrize("mode", ["biprop", "dense"])
 def test_profile_of_the_real_step_on_cpu(mode):
     """A traced CPU step of Conv-2: biprop spends time in the mask search, the kernel build

@@ -177,7 +177,7 @@ def leaf(tree, path, name):
 
 @pytest.mark.parametrize("model,keep,weight_decay,side,flatten_side", [
     # ResNet-18 in float32 on the CPU, ours and PyTorch's: about 40 s.
-    pytest.param("resnet18_cifar", 0.2, 5e-4, 8, None, marks=pytest.mark.slow),
+    pytest.param("resnet18_cifar", 0.2, 5e-4, 8, None, marks=pytest.mark.full_size),
     ("conv2", 0.3, 1e-4, 8, 4),
 ])
 def test_one_step_matches_the_reference(monkeypatch, model, keep, weight_decay, side,

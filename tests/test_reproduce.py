@@ -204,7 +204,7 @@ def read_csv(path):
         return {r["run"]: r for r in csv.DictReader(f)}
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_runs_write_rows_tickets_and_are_skipped_next_time(tmp_path):
     out = drive(tmp_path, "--groups=table", "--parallel=2")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -234,7 +234,7 @@ def test_runs_write_rows_tickets_and_are_skipped_next_time(tmp_path):
     assert len(read_csv(tmp_path / "results.csv")) == 2
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigterm_stops_the_running_runs_and_the_same_command_resumes(tmp_path):
     # 40 epochs of the digits MLP: long enough to be stopped part-way.
     args = ["--groups=conv", "--set", "num_epochs=40"]
@@ -305,7 +305,7 @@ def test_import_window_merges_new_rows_tickets_and_runs(tmp_path):
     shutil.rmtree(runs)
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_members_run_as_one_program_with_a_row_and_a_ticket_each(tmp_path):
     """--members: the two keep fractions of the conv group train as one member program;
     each member gets its row (members=2) from its own workdir and its exported ticket."""

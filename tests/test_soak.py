@@ -24,7 +24,7 @@ def position(workdir):
     return 0 if found is None else found.meta["global_step"]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.timeout(600)
 def test_thirty_stops_end_as_the_uninterrupted_run(tmp_path, env, reference):  # noqa: F811
     rng = random.Random(1234)

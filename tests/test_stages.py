@@ -122,6 +122,7 @@ def test_image_folder_says_when_it_decodes_and_when_it_reads_the_cache(tmp_path,
         capsys.readouterr().out
 
 
+@pytest.mark.end_to_end
 def test_a_run_prints_its_stages_and_where_the_time_went(tmp_path, capsys):
     config = config_utils.base_config()  # the embedded default: digits, in memory
     config.num_epochs = 2

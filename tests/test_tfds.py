@@ -430,6 +430,7 @@ def load_config_file(name):
     return module.get_config()
 
 
+@pytest.mark.end_to_end
 def test_train_and_evaluate_on_mocked_imagenet(tmp_path, imagenet_dir):
     from mpt_jax import loop  # noqa: PLC0415
     config = load_config_file("imagenet_wrn50")

@@ -35,6 +35,7 @@ def test_usage_and_exit_codes(capsys, tmp_path):
     assert capsys.readouterr().err == "error: export needs --workdir=RUN and --out=FILE\n"
 
 
+@pytest.mark.multiprocess
 def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "mpt_jax.ticket", "--help"],
                           capture_output=True, text=True, timeout=120)
@@ -52,6 +53,7 @@ def test_module_entry_point():
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.multiprocess  # a subprocess writing into a closed pipe
 def test_cli_summary_json_and_errors(mlp_run, tmp_path, capsys, run_into_closed_pipe):
     name, opts, shape, key, variables = mlp_run
     path = tmp_path / "t.mptk"
@@ -141,7 +143,7 @@ def test_evaluate_compares_with_the_checkpoint_the_ticket_came_from(mlp_run, tmp
     assert float(line.split("images: ")[1].split(" ")[0]) > 1e-2
 
 
-@pytest.mark.slow
+@pytest.mark.end_to_end
 def test_real_run_export_and_evaluate(tmp_path, capsys):
     """train -> export (mode seed: the run's init key must regenerate W) -> evaluate gives
     the run's own final accuracy, through the command line."""

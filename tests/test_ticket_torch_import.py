@@ -117,7 +117,8 @@ def _subnet_conv_class(torch):
 
 @pytest.mark.parametrize("model_name,block,stem,stages", [
     ("resnet20_cifar", "basic", 16, ((16, 1, 3), (32, 2, 3), (64, 2, 3))),
-    ("resnet50_cifar", "bottleneck", 64, ((64, 1, 3), (128, 2, 4), (256, 2, 6), (512, 2, 3))),
+    pytest.param("resnet50_cifar", "bottleneck", 64,
+                 ((64, 1, 3), (128, 2, 4), (256, 2, 6), (512, 2, 3)), marks=pytest.mark.full_size),
 ])
 def test_cifar_resnet_state_dict_gives_same_logits(model_name, block, stem, stages, tmp_path):
     """models/resnet_cifar.py naming: conv1, bn1, layer<s>.<b>.conv1/bn1/conv2/bn2(/conv3/bn3),

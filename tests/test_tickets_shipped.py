@@ -59,7 +59,7 @@ def test_shipped_ticket_evaluates_on_a_users_test_split(path, tmp_path, capsys, 
     assert "on 10 examples (test (10 images))" in printed
 
 
-@pytest.mark.slow
+@pytest.mark.full_size
 @pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
 def test_shipped_ticket_reproduces_its_recorded_accuracy(path, capsys, monkeypatch):
     if not SHARED_ARCHIVE.exists():

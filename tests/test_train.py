@@ -305,7 +305,7 @@ def test_tensorboard_forgets_steps_a_resumed_run_replays(tmp_path):
     assert len(shown(str(tmp_path / "b"), False)) == 9
 
 
-@pytest.mark.slow  # subprocess runs of main, end to end
+@pytest.mark.multiprocess  # subprocess runs of main, end to end
 def test_main_end_to_end_resume_and_finished(tmp_path, compilation_cache):
     workdir = str(tmp_path / "run")
     out1, _ = _main(workdir, "--config.num_epochs=1", cache=compilation_cache)
