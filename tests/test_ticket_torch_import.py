@@ -11,17 +11,15 @@ from mpt_jax.ticket import torch_import
 KEEP = 0.3
 
 
-def _torch_conv2_binact(affine: bool, width: int = 8):
-    """Conv2_BinAct of the reference (models/frankle.py) at a small width, with SubnetConv
-    semantics: keep the n - floor((1-k) n) largest |scores|, alpha = mean |W| over the kept
-    entries (this project's alpha), forward with alpha * sign(W) * mask; no biases."""
-    torch = pytest.importorskip("torch", reason="torch not installed: " + torch_import.TORCH_HINT)
-    nn = torch.nn
-    F = torch.nn.functional
+def _subnet_conv_class(torch):
+    """The reference's SubnetConv: keep the n - floor((1-k) n) largest |scores|, alpha = mean
+    |W| over the kept entries (this project's alpha), forward with alpha * sign(W) * mask; no
+    biases."""
+    nn, F = torch.nn, torch.nn.functional
 
     class SubnetConv(nn.Conv2d):
-        def __init__(self, cin, cout, k, padding=0):
-            super().__init__(cin, cout, k, padding=padding, bias=False)
+        def __init__(self, cin, cout, k, stride=1, padding=0):
+            super().__init__(cin, cout, k, stride=stride, padding=padding, bias=False)
             self.scores = nn.Parameter(torch.empty_like(self.weight).uniform_(-1, 1))
             nn.init.kaiming_normal_(self.weight)
 
@@ -33,7 +31,19 @@ def _torch_conv2_binact(affine: bool, width: int = 8):
             mask[order[:kept]] = 1.0
             mask = mask.view_as(self.weight)
             alpha = (self.weight.abs() * mask).sum() / kept
-            return F.conv2d(x, alpha * torch.sign(self.weight) * mask, padding=self.padding)
+            return F.conv2d(x, alpha * torch.sign(self.weight) * mask, stride=self.stride,
+                            padding=self.padding)
+
+    return SubnetConv
+
+
+def _torch_conv2_binact(affine: bool, width: int = 8):
+    """Conv2_BinAct of the reference (models/frankle.py) at a small width, with SubnetConv
+    semantics: keep the n - floor((1-k) n) largest |scores|, alpha = mean |W| over the kept
+    entries (this project's alpha), forward with alpha * sign(W) * mask; no biases."""
+    torch = pytest.importorskip("torch", reason="torch not installed: " + torch_import.TORCH_HINT)
+    nn = torch.nn
+    SubnetConv = _subnet_conv_class(torch)
 
     class BinAct(nn.Module):
         def forward(self, x):
@@ -46,8 +56,8 @@ def _torch_conv2_binact(affine: bool, width: int = 8):
         def __init__(self):
             super().__init__()
             w = width
-            self.convs = nn.Sequential(SubnetConv(3, w, 3, 1), bn(w), BinAct(),
-                                       SubnetConv(w, w, 3, 1), nn.MaxPool2d((2, 2)), bn(w),
+            self.convs = nn.Sequential(SubnetConv(3, w, 3, padding=1), bn(w), BinAct(),
+                                       SubnetConv(w, w, 3, padding=1), nn.MaxPool2d((2, 2)), bn(w),
                                        BinAct())
             self.flat = w * 8 * 8
             self.linear = nn.Sequential(SubnetConv(self.flat, 4 * w, 1), bn(4 * w), BinAct(),
@@ -90,29 +100,6 @@ def test_conv2_binact_state_dict_gives_same_logits(affine, tmp_path):
     out = np.asarray(T.predict_fn(loaded)(x.numpy().transpose(0, 2, 3, 1)))  # NCHW -> NHWC
     assert np.abs(ref).max() > 0.1  # a non-trivial comparison
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
-
-
-def _subnet_conv_class(torch):
-    nn, F = torch.nn, torch.nn.functional
-
-    class SubnetConv(nn.Conv2d):
-        def __init__(self, cin, cout, k, stride=1, padding=0):
-            super().__init__(cin, cout, k, stride=stride, padding=padding, bias=False)
-            self.scores = nn.Parameter(torch.empty_like(self.weight).uniform_(-1, 1))
-            nn.init.kaiming_normal_(self.weight)
-
-        def forward(self, x):
-            n = self.scores.numel()
-            kept = n - math.floor((1.0 - KEEP) * n)
-            order = torch.sort(self.scores.abs().flatten(), descending=True, stable=True).indices
-            mask = torch.zeros(n)
-            mask[order[:kept]] = 1.0
-            mask = mask.view_as(self.weight)
-            alpha = (self.weight.abs() * mask).sum() / kept
-            return F.conv2d(x, alpha * torch.sign(self.weight) * mask, stride=self.stride,
-                            padding=self.padding)
-
-    return SubnetConv
 
 
 @pytest.mark.parametrize("model_name,block,stem,stages", [
