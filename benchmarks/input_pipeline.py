@@ -21,7 +21,6 @@ TensorFlow (``pip install -e ".[tf]"``).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile

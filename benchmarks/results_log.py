@@ -62,3 +62,19 @@ def read(path: str) -> list[dict]:
     """Every row of a results file."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_partial(path: str) -> list[dict]:
+    """The rows of a file a run may have left half-written (a time limit cut a line, or the
+    file was never made): every complete JSON object line, nothing else."""
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass
+    return rows

@@ -27,37 +27,9 @@
 #   OUT        results folder (default ./bench_out); PEER  torch_peer.py (default
 #              .gpu_data/torch_peer.py, else ../shared/bench/torch_peer.py); PYTHON (python3)
 # Results come out as they are measured (PYTHONUNBUFFERED); rows.jsonl grows row by row.
-set -u
-cd "$(dirname "$0")/.."
-START=$(date +%s)
-DRY=0
-[ "${1:-}" = "--dry-run" ] && DRY=1
 BUDGET_S=${BUDGET_S:-420}
-OUT=${OUT:-$PWD/bench_out}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-LOG="$OUT/log.txt"
-: > "$OUT/rows.jsonl"; : > "$OUT/select.jsonl"; : > "$OUT/meta.jsonl"
-
-say() { echo "$@" | tee -a "$LOG"; }
-meta() { printf '{"key": "%s", "value": "%s"}\n' "$1" "$2" >> "$OUT/meta.jsonl"; }
-
-# ml_collections (and any other carried wheel) only where it is missing: the GPU image has
-# no ml_collections; pure-Python wheels travel in .whl/ (benchmarks/README.md).
-if ! $PY -c "import ml_collections" 2>/dev/null; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH" \
-      || say "WARNING: wheel install failed"
-  else
-    say "WARNING: ml_collections missing and no .whl/ carried"
-  fi
-fi
-PEER=${PEER:-.gpu_data/torch_peer.py}
-[ -f "$PEER" ] || PEER=../shared/bench/torch_peer.py
-[ -f "$PEER" ] || say "WARNING: no torch_peer.py (carry .gpu_data/torch_peer.py)"
+RESET_FILES="rows.jsonl select.jsonl meta.jsonl"
+source "$(dirname "$0")/gpu_lib.sh"
 
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
@@ -94,23 +66,6 @@ SEL_ONLY="thr:sort,thr:radix,thr:radix copies=32,thr:radix_many copies=32,mask:s
 # --results: the stamped raw rows (benchmarks/results/ of the device's copy would be lost).
 BENCH="$PY benchmarks/train_step.py --json $OUT/rows.jsonl --peer-path $PEER --peer-python $PY \
   --results $OUT/results_train_step.jsonl"
-
-# run NAME MIN_S CAP_S CMD...: runs CMD under `timeout` (at most CAP_S and what is left of
-# the budget), unless less than MIN_S is left.
-run() {
-  local name=$1 min_s=$2 cap_s=$3; shift 3
-  local left=$(( BUDGET_S - ($(date +%s) - START) ))
-  if [ $left -lt $min_s ]; then
-    say "=== $name: SKIPPED (only ${left}s of the ${BUDGET_S}s budget left; needs ~${min_s}s)"
-    meta "skipped $name" "budget: ${left}s left"
-    return
-  fi
-  local t=$(( left < cap_s ? left : cap_s ))
-  say "=== $name (timeout ${t}s, $(( $(date +%s) - START ))s elapsed): $*"
-  timeout -k 10 "$t" "$@" 2>&1 | tee -a "$LOG"
-  local rc=${PIPESTATUS[0]}
-  [ $rc = 0 ] || { say "=== $name exited with status $rc"; meta "status $name" "exit $rc"; }
-}
 
 # model_batch MODEL: "MODEL BATCH CAP_S" for the knob groups: 224x224 models (wrn*) get
 # $B_BIG and a longer cap; the dry run stands resnet20_cifar in for them.

@@ -26,36 +26,12 @@
 # Expected (compile times of the earlier H100 calls): wrn34, conv4, r18 and the eager peers
 # in ~5 min, the rest after. If the call is cut short, rerun the missing groups, e.g.
 #   SPEED_GROUPS="wrn50 peersc hlo wrn50x" bash benchmarks/run_gpu_speed.sh
-set -u
-cd "$(dirname "$0")/.."
-START=$(date +%s)
-DRY=0
-[ "${1:-}" = "--dry-run" ] && DRY=1
 TOTAL_S=${TOTAL_S:-330}
-OUT=${OUT:-$PWD/bench_out}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-LOG="$OUT/log.txt"
-: > "$OUT/rows.jsonl"; : > "$OUT/peers.jsonl"; : > "$OUT/meta.jsonl"; : > "$LOG"
-say() { echo "$@" | tee -a "$LOG"; }
-meta() { printf '{"key": "%s", "value": "%s"}\n' "$1" "$2" >> "$OUT/meta.jsonl"; }
-
-# ml_collections from the carried wheel where it is missing (the GPU image has none).
-if ! $PY -c "import ml_collections" 2>/dev/null; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH" \
-      || say "WARNING: wheel install failed"
-  else
-    say "WARNING: ml_collections missing and no .whl/ carried"
-  fi
-fi
-PEER=${PEER:-.gpu_data/torch_peer.py}
-[ -f "$PEER" ] || PEER=../shared/bench/torch_peer.py
-if [ ! -f "$PEER" ]; then say "WARNING: no torch_peer.py (carry .gpu_data/torch_peer.py)"
-elif ! grep -q -- "--compile" "$PEER"; then say "WARNING: $PEER has no --compile (copy it again)"
+BUDGET_S=$TOTAL_S
+RESET_FILES="rows.jsonl peers.jsonl meta.jsonl log.txt"
+source "$(dirname "$0")/gpu_lib.sh"
+if [ -f "$PEER" ] && ! grep -q -- "--compile" "$PEER"; then
+  say "WARNING: $PEER has no --compile (copy it again)"
 fi
 command -v nvidia-smi >/dev/null && meta gpu "$(nvidia-smi \
   --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | head -1)"
@@ -67,7 +43,7 @@ if [ $DRY = 1 ]; then
   BATCH=8; PREC=float32; DEV=cpu; SIZE224=32
   STEPS="--warmup 1 --steps 1 --repeats 2"; PEER_STEPS="--steps 2 --warmup 1 --repeats 2"
   DENSE_FLAGS=${DENSE_FLAGS:-"--xla_backend_optimization_level=3"}
-  TOTAL_S=${SPEED_DRY_TOTAL_S:-900}  # the CPU is slow; every group should run
+  BUDGET_S=${SPEED_DRY_TOTAL_S:-900}  # the CPU is slow; every group should run
   meta note "DRY RUN on $(uname -m) CPU: numbers meaningless"
 else
   GROUPS_=${SPEED_GROUPS:-"wrn34 conv4 r18 peers wrn50 peersc hlo wrn50x"}
@@ -77,25 +53,8 @@ else
   # CUDA graphs. Comma-free flags, one variant per word; "a+b" = two flags in one variant.
   DENSE_FLAGS=${DENSE_FLAGS:-"--xla_gpu_force_conv_nhwc=true --xla_gpu_force_conv_nchw=true --xla_gpu_autotune_level=0"}
 fi
-say "=== run_gpu_speed.sh: groups '$GROUPS_', budget ${TOTAL_S}s"
+say "=== run_gpu_speed.sh: groups '$GROUPS_', budget ${BUDGET_S}s"
 BENCH="$PY benchmarks/train_step.py --json $OUT/rows.jsonl --batch $BATCH --precision $PREC"
-
-# run NAME MIN_S CAP_S CMD...: CMD under `timeout` (at most CAP_S and what is left of the
-# budget), or skipped when less than MIN_S is left.
-run() {
-  local name=$1 min_s=$2 cap_s=$3; shift 3
-  local left=$(( TOTAL_S - ($(date +%s) - START) ))
-  if [ $left -lt $min_s ]; then
-    say "=== $name: SKIPPED (${left}s of the ${TOTAL_S}s budget left; needs ~${min_s}s)"
-    meta "not measured: $name" "budget: ${left}s left"
-    return
-  fi
-  local t=$(( left < cap_s ? left : cap_s ))
-  say "=== $name (timeout ${t}s, $(( $(date +%s) - START ))s elapsed)"
-  timeout -k 10 "$t" "$@" 2>&1 | tee -a "$LOG"
-  local rc=${PIPESTATUS[0]}
-  [ $rc = 0 ] || { say "=== $name exited with status $rc"; meta "status $name" "exit $rc"; }
-}
 
 # ours MODEL MIN_S CAP_S: the four rows of a model; the dry run stands resnet20_cifar in
 # for wrn34_2_binact and conv2 for wrn50_2.

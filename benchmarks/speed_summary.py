@@ -17,25 +17,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from train_step import PEER_MODELS, add_ratios  # noqa: E402
+from peer_runs import PEER_MODELS  # noqa: E402
+from results_log import read_partial as read_jsonl  # noqa: E402
+from train_step import add_ratios  # noqa: E402
 
 MODELS = ("conv4", "resnet18_cifar", "wrn50_2", "wrn34_2_binact")
 METHODS = ("radix_many", "radix_pallas", "warm")
 DENSE_TARGET = {"wrn50_2": 4000}  # images/s the dense-step variants are asked about
-
-
-def read_jsonl(path: str) -> list[dict]:
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("{"):
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        pass
-    return rows
 
 
 def _fmt(x, digits: int = 3) -> str:

@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from results_log import read_partial  # noqa: E402
 from train_step import add_ratios, markdown_table  # noqa: E402
 
 TARGETS = {  # images/s on one H100 and biprop/dense (benchmarks/README.md#speed-targets)
@@ -20,25 +21,10 @@ TARGETS = {  # images/s on one H100 and biprop/dense (benchmarks/README.md#speed
     "wrn34_2_binact": (None, 0.95)}
 
 
-def _read(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-    return rows
-
-
 def summarize(out_dir: str, title: str = "") -> str:
-    rows = _read(os.path.join(out_dir, "rows.jsonl"))
-    selects = _read(os.path.join(out_dir, "select.jsonl"))
-    meta = _read(os.path.join(out_dir, "meta.jsonl"))
+    rows = read_partial(os.path.join(out_dir, "rows.jsonl"))
+    selects = read_partial(os.path.join(out_dir, "select.jsonl"))
+    meta = read_partial(os.path.join(out_dir, "meta.jsonl"))
     add_ratios(rows)
     ok = [r for r in rows if "images_per_s" in r]
     lines = [f"# {title or 'mpt_jax training-step benchmark'}", ""]

@@ -164,3 +164,33 @@ def test_input_pipeline_runs_on_a_few_images(tmp_path, capsys):
     out = capsys.readouterr().out
     assert input_pipeline.HEADER in out
     assert "| " + " | ".join(input_pipeline.table_cells(row)) + " |" in out
+
+
+def test_speed_summary_reads_what_a_cut_short_call_left(tmp_path):
+    """benchmarks/speed_summary.py on the files of a GPU call cut off by its time limit: a
+    half-written last row is dropped, the measured rows give biprop / dense and ours / the
+    faster peer (checked against the numbers written here), the rest says not measured."""
+    import speed_summary  # noqa: PLC0415
+
+    common = dict(batch=256, precision="bfloat16")
+    rows = [dict(model="conv4", mode="dense", images_per_s=200000.0, ms_per_step=1.28,
+                 **common),
+            dict(model="conv4", mode="biprop", select="batched:radix_many",
+                 images_per_s=150000.0, ms_per_step=1.7, **common)]
+    peers = [dict(model="conv4", images_per_s=40000.0, compile=False),
+             dict(model="conv4", images_per_s=60000.0, compile=True)]
+    (tmp_path / "rows.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"model": "resnet18_ci')
+    (tmp_path / "peers.jsonl").write_text("".join(json.dumps(p) + "\n" for p in peers))
+    (tmp_path / "meta.jsonl").write_text(
+        json.dumps(dict(key="not measured: wrn50", value="budget: 3s left")) + "\n")
+    text = speed_summary.summarize(str(tmp_path))
+    [conv4] = [r for header, body, _ in markdown_tables(text=text) for r in body
+               if r[0] == "conv4"]
+    assert conv4[1] == "200,000" and conv4[2] == f"150,000 ({150000 / 200000:.3f})"
+    assert conv4[3] == conv4[4] == "not measured"
+    assert conv4[-3:] == ["40,000", "60,000", f"{150000 / 60000:.2f}x"]
+    assert "not measured: wrn50: budget: 3s left" in text
+    [r18] = [r for _, body, _ in markdown_tables(text=text) for r in body
+             if r[0] == "resnet18_cifar"]
+    assert r18[1] == "not measured"
