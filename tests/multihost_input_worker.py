@@ -6,7 +6,7 @@ host read: epochs 0 and 1, epoch 0 resumed at step 2, and the evaluation.
     python tests/multihost_input_worker.py <tfds data dir> <output .json>
 
 Every image of the test dataset is one uniform colour that encodes its id (see
-tests/test_multihost_input.py); crops, flips and resizes keep it uniform.
+tests/test_data_multihost.py); crops, flips and resizes keep it uniform.
 """
 import json
 import os

@@ -361,7 +361,7 @@ def test_truncated_archive_names_it(tmp_path):
 
 def test_tfds_missing_gives_install_hint(monkeypatch, mesh8):
     # Hidden whether installed or not: a None entry in sys.modules makes `import` raise
-    # (tests/test_tfds.py hides tensorflow itself where it is installed).
+    # (tests/test_data_tfds.py hides tensorflow itself where it is installed).
     missing = "tensorflow_datasets"
     monkeypatch.setitem(sys.modules, missing, None)
     with pytest.raises(DataError, match=r'pip install -e "\.\[tf\]"` in the mpt_jax checkout.*'

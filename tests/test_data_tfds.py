@@ -8,7 +8,7 @@
     references for the centre crop, the random-resized-crop bounds, the flip and the image/label
     pairing, with tolerances for JPEG and uint8 rounding.
   * a two-step train_and_evaluate on the mocked imagenet2012 from configs/imagenet_wrn50.py.
-  * the one-line errors when the data is missing (no mock); tests/test_tfds_offline.py: within
+  * the one-line errors when the data is missing (no mock); tests/test_data_tfds_offline.py: within
     seconds without network.
 
 No test here reaches the network: the download host probe answers "reachable" for the

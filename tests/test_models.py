@@ -118,7 +118,7 @@ WIDE_CONV8 = {0.5: 1_320_032, 1.0: 5_275_840, 1.5: 11_867_424, 2.0: 21_094_784}
 
 def test_every_registered_model_is_counted():
     expected = set(COUNTS) | {n + "_binact" for n in COUNTS}
-    # The v2 ResNets (models/resnet_v2.py) are counted in tests/test_models_v2.py.
+    # The v2 ResNets (models/resnet_v2.py) are counted in tests/test_models_resnet_v2.py.
     assert {n for n in model_names() if "_v2" not in n} == expected
 
 

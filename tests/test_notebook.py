@@ -15,7 +15,7 @@ import tarfile
 
 import pytest
 
-from test_convert_cifar import make_batches
+from test_data_convert_cifar import make_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "experiments", "colab_tpu.ipynb")

@@ -43,7 +43,7 @@ def test_shipped_ticket_records_how_it_was_found(path):
 @pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
 def test_shipped_ticket_evaluates_on_a_users_test_split(path, tmp_path, capsys, monkeypatch):
     """--config.data_dir=<archive with a test/ split> evaluates on that split."""
-    from test_convert_cifar import make_batches  # noqa: PLC0415  (a tiny CIFAR download)
+    from test_data_convert_cifar import make_batches  # noqa: PLC0415  (a tiny CIFAR download)
 
     from mpt_jax.data import convert_cifar
 
