@@ -4,8 +4,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mpt_jax.models import probe
 from mpt_jax.ticket import bitpack
 from mpt_jax import ticket as T
+
+# The integer counts compiled once per shape and geometry (op by op, every jnp op of the
+# per-tap loop would be a compilation of its own); the same functions, so the same integers.
+_dense_counts = jax.jit(bitpack.dense_counts)
+_conv_counts = jax.jit(bitpack.conv_counts, static_argnums=(2, 3, 4))
 
 
 def _signs(rng, shape):
@@ -14,6 +20,23 @@ def _signs(rng, shape):
 
 def _ternary(rng, shape, keep=0.4):
     return (_signs(rng, shape) * (rng.random(shape) < keep)).astype(np.int8)
+
+
+def _random_variables(name, opts, shape, seed):
+    """Variables of the model drawn in NumPy (its init would be one more slow compilation):
+    scores ~ U(-1, 1), random weights Kaiming-normal over the fan-in, BN statistics 0.3."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        if path[0].key == "batch_stats":
+            return np.full(leaf.shape, 0.3, np.float32)
+        if path[-1].key == "weight":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        return rng.uniform(-1.0, 1.0, leaf.shape).astype(np.float32)
+
+    abstract = probe.abstract_variables(T.build_model(name, opts), shape)
+    return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def _conv_ref(x, t, stride, pad):
@@ -47,7 +70,7 @@ def test_dense_counts_exact(k, n):
     t = _ternary(rng, (k, n))
     ref = x.astype(np.float64) @ t.astype(np.float64)
     packed = bitpack.pack_dense_kernel(t)
-    counts = np.asarray(bitpack.dense_counts(jnp.asarray(x), packed))
+    counts = np.asarray(_dense_counts(jnp.asarray(x), packed))
     np.testing.assert_array_equal(counts, ref.astype(np.int64))
     alpha = np.float32(0.0123)
     out = np.asarray(bitpack.packed_dense(jnp.asarray(x), packed, alpha))
@@ -70,8 +93,7 @@ def test_conv_counts_exact(hw, c, o, ks, stride, pad):
     t = _ternary(rng, (ks, ks, c, o))
     ref = _conv_ref(x, t, stride, pad)
     packed = bitpack.pack_conv_kernel(t)
-    counts = np.asarray(bitpack.conv_counts(jnp.asarray(x), packed, (ks, ks), (stride, stride),
-                                            pad))
+    counts = np.asarray(_conv_counts(jnp.asarray(x), packed, (ks, ks), (stride, stride), pad))
     np.testing.assert_array_equal(counts, ref.astype(np.int64))
     alpha = np.float32(0.731)
     out = np.asarray(bitpack.packed_conv(jnp.asarray(x), packed, alpha, kernel_size=(ks, ks),
@@ -85,12 +107,9 @@ def test_conv_counts_exact(hw, c, o, ks, stride, pad):
 ])
 def test_binact_ticket_packed_path_is_exact(name, opts, shape):
     opts = dict(opts, keep_fraction=0.35, num_classes=10)
-    key = T.run_init_key(5)
-    variables = dict(T.init_variables(name, opts, shape, key))
-    variables["batch_stats"] = jax.tree_util.tree_map(
-        lambda a: jnp.full(a.shape, 0.3, a.dtype), variables["batch_stats"])
+    variables = _random_variables(name, opts, shape, seed=5)
     ticket = T.make_ticket(name, opts, variables, shape, mode="signs")
-    images = jax.random.normal(jax.random.key(0), (4, *shape))
+    images = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
     counts = bitpack.binary_layer_counts(ticket, images)
     # Every layer but the first (image input) is binary in these MPT-1/1 models.
     assert sorted(counts) == sorted(lt.name for lt in ticket.layers[1:])

@@ -14,6 +14,13 @@ from mpt_jax.ticket import freeze, seed
 from ticket_cases import CASES, KEEP, all_runs, training_logits
 
 
+@jax.jit
+def _biprop_kernels(weights, scores):
+    """The training-time op on every layer, in one compiled program (as training runs it),
+    rather than op by op."""
+    return [ops.biprop_kernel(w, s, KEEP) for w, s in zip(weights, scores)]
+
+
 @pytest.fixture(scope="module")
 def runs():
     return all_runs()
@@ -37,7 +44,9 @@ def test_mask_and_alpha_match_float64_reference(runs):
     params = variables["params"]
     frozen = variables["frozen"]
     assert len(ticket.layers) == 5
-    for lt in ticket.layers:
+    effective = _biprop_kernels([frozen[lt.path[0]]["weight"] for lt in ticket.layers],
+                                [params[lt.path[0]]["scores"] for lt in ticket.layers])
+    for lt, eff in zip(ticket.layers, effective):
         s = np.asarray(params[lt.path[0]]["scores"], np.float64)
         w = np.asarray(frozen[lt.path[0]]["weight"], np.float64)
         mask = reference_mask(s)[0].reshape(s.shape)
@@ -46,8 +55,6 @@ def test_mask_and_alpha_match_float64_reference(runs):
         np.testing.assert_allclose(float(lt.alpha), alpha, rtol=2e-6)
         np.testing.assert_array_equal(lt.ternary(), np.sign(w) * mask)
         # The effective kernel equals the training-time op's.
-        eff = ops.biprop_kernel(jnp.asarray(frozen[lt.path[0]]["weight"]),
-                                jnp.asarray(params[lt.path[0]]["scores"]), KEEP)
         np.testing.assert_allclose(lt.kernel(), np.asarray(eff), rtol=1e-6, atol=0)
 
 
@@ -65,7 +72,7 @@ def test_kept_weight_that_is_exactly_zero(runs, tmp_path):
     w.reshape(-1)[zeroed] = 0.0
     frozen[layer] = dict(weight=jnp.asarray(w))
     variables = dict(variables, frozen=frozen)
-    images = jax.random.normal(jax.random.key(5), (4, *shape))
+    images = np.random.default_rng(5).standard_normal((4, *shape)).astype(np.float32)
     ref = training_logits(name, opts, variables, images)
     ticket = T.make_ticket(name, opts, variables, shape, mode="signs")
     lt = ticket.layer(layer)
@@ -122,9 +129,9 @@ def test_global_pruning_ticket_matches_model():
     key = T.run_init_key(1)
     variables = dict(T.init_variables(name, opts, shape, key))
     scores = [variables["params"][m]["scores"] for m in ("dense0", "classifier")]
-    tau = ops.global_threshold(scores, 0.4)
+    tau = jax.jit(ops.global_threshold, static_argnums=(1,))(scores, 0.4)
     variables["pruning"] = jax.tree_util.tree_map(lambda _: tau, variables["pruning"])
-    images = jax.random.normal(jax.random.key(2), (3, *shape))
+    images = np.random.default_rng(2).standard_normal((3, *shape)).astype(np.float32)
     ref = training_logits(name, opts, variables, images)
     ticket = T.make_ticket(name, opts, variables, shape, mode="signs")
     total_kept = sum(lt.kept for lt in ticket.layers)

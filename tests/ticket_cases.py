@@ -5,7 +5,6 @@ import json
 import struct
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mpt_jax import ticket as T
@@ -29,18 +28,23 @@ def run_case(case, seed=3):
     opts = dict(opts, keep_fraction=KEEP, num_classes=10)
     key = T.run_init_key(seed)
     variables = dict(T.init_variables(name, opts, shape, key))
+    # Drawn in NumPy: eager jax.random per leaf would compile a program for every shape.
+    rng = np.random.default_rng(seed)
+
+    def normal(shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
     if "batch_stats" in variables:
         stats = variables["batch_stats"]
         variables["batch_stats"] = jax.tree_util.tree_map_with_path(
-            lambda p, a: (jnp.abs(jax.random.normal(jax.random.key(len(str(p))), a.shape)) + 0.5
-                          if p[-1].key == "var" else
-                          jax.random.normal(jax.random.key(len(str(p)) + 7), a.shape)), stats)
+            lambda p, a: np.abs(normal(a.shape)) + np.float32(0.5) if p[-1].key == "var" else
+            normal(a.shape), stats)
     if opts.get("bn_affine"):
         params = dict(variables["params"])
         for mod, leaves in params.items():
             if "scale" in leaves:
-                params[mod] = dict(scale=leaves["scale"] + 0.3 * jax.random.normal(
-                    jax.random.key(1), leaves["scale"].shape), bias=0.2 + leaves["bias"])
+                params[mod] = dict(scale=np.asarray(leaves["scale"]) + 0.3 * normal(
+                    leaves["scale"].shape), bias=np.float32(0.2) + np.asarray(leaves["bias"]))
         variables["params"] = params
     return name, opts, shape, key, variables
 

@@ -47,9 +47,11 @@ WORD_BITS = 32
 _SHIFTS = np.arange(WORD_BITS, dtype=np.uint32)
 
 
+@jax.jit
 def pack_bits(bits: jax.Array) -> jax.Array:
     """Packs a boolean array along its last axis into uint32 words (bit j of word w = entry
-    32 w + j), zero-padding the axis to a multiple of 32."""
+    32 w + j), zero-padding the axis to a multiple of 32. Jitted: packing a kernel outside
+    a compiled forward is one compilation per shape, not one per op."""
     k = bits.shape[-1]
     words = -(-k // WORD_BITS)
     pad = words * WORD_BITS - k

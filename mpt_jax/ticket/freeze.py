@@ -32,6 +32,8 @@ from mpt_jax.ticket.core import BN_DTYPES, MODES, SEP, LayerTicket, Ticket, Tick
 # input is binary).
 _layerwise_kernel = jax.jit(ops.masked_kernel, static_argnums=(2, 3))
 _global_kernel = jax.jit(ops.threshold_kernel, static_argnums=(3,))
+# tau is one selected |score|: compiled once per set of layer shapes, not op by op.
+_global_threshold = jax.jit(ops.global_threshold, static_argnums=(1,))
 
 
 def _alpha_of(kernel) -> np.float32:
@@ -63,22 +65,24 @@ def _prunable_paths(flat_p, order):
 
 
 def layer_tickets(params, frozen, keep_fraction: float, pruning: str = "layerwise",
-                  order: Sequence[tuple[str, ...]] | None = None) -> list[LayerTicket]:
+                  order: Sequence[tuple[str, ...]] | None = None, *,
+                  alpha: bool = True) -> list[LayerTicket]:
     """Mask, sign bits and alpha of every (scores, weight) pair of a biprop model, in
     ``order`` (module paths) when given.
 
     layerwise: M = top-k of |scores| with k = ops.kept_count(n, keep_fraction); global:
     tau = ops.global_threshold over all layers, M = |s| > tau. alpha = mean |W| over the
     kept entries (float32, to float32 rounding; ``make_ticket`` refines it to the
-    training-time model's value).
+    training-time model's value). ``alpha=False`` leaves alpha NaN and compiles nothing
+    per layer, for a caller that sets every alpha itself.
     """
     keep_fraction = ops.validate_keep_fraction(keep_fraction)
     flat_p, flat_f = flatten_variables(params), flatten_variables(frozen)
     paths = _prunable_paths(flat_p, order)
     tau = None
     if pruning == "global":
-        tau = ops.global_threshold([jnp.asarray(flat_p[p + ("scores",)]) for p in paths],
-                                   keep_fraction)
+        tau = _global_threshold([jnp.asarray(flat_p[p + ("scores",)]) for p in paths],
+                                keep_fraction)
     elif pruning != "layerwise":
         raise TicketError(f"unknown pruning {pruning!r}; valid values: layerwise, global")
     out = []
@@ -94,16 +98,17 @@ def layer_tickets(params, frozen, keep_fraction: float, pruning: str = "layerwis
         if tau is None:
             count = ops.kept_count(scores.size, keep_fraction)
             mask_np = topk_mask_np(np.abs(scores), count)
-            alpha = _alpha_of(_layerwise_kernel(weight, mask_np, count, True))
+            kernel = _layerwise_kernel(weight, mask_np, count, True) if alpha else None
         else:
             mask_np = np.abs(scores) > np.float32(tau)
-            alpha = _alpha_of(_global_kernel(weight, scores, tau, True))
+            kernel = _global_kernel(weight, scores, tau, True) if alpha else None
+        layer_alpha = _alpha_of(kernel) if alpha else np.float32(np.nan)
         # A kept weight that is exactly 0 has sign 0: its kernel entry is 0 like a pruned
         # one, so the ticket stores it as pruned (one bit cannot hold a third sign). alpha
         # keeps its value: it was computed over the kept set above. (PyTorch's
         # kaiming_normal_ drew 5 exact zeros in 2^26 values here: a WRN-50-2 holds ~5.)
         mask_np &= weight != 0
-        out.append(LayerTicket(path, mask_np, weight > 0, alpha))
+        out.append(LayerTicket(path, mask_np, weight > 0, layer_alpha))
     return out
 
 
@@ -143,8 +148,8 @@ def _set_training_alphas(lts, model_name, model_opts, variables, image_shape, or
     run_vars = {k: variables[k] for k in ("params", "frozen", "batch_stats") if variables.get(k)}
     if model_opts.get("pruning", "layerwise") == "global":
         flat_p = flatten_variables(variables["params"])
-        tau = ops.global_threshold([flat_p[p + ("scores",)] for p in order],
-                                   model_opts["keep_fraction"])
+        tau = _global_threshold([flat_p[p + ("scores",)] for p in order],
+                                model_opts["keep_fraction"])
         shapes = probe.abstract_variables(build_model(model_name, model_opts), image_shape)
         run_vars["pruning"] = jax.tree_util.tree_map(lambda _: tau, shapes["pruning"])
     kernels = training_kernels(model_name, model_opts, run_vars, image_shape)
@@ -232,8 +237,9 @@ def make_ticket(model_name: str, model_opts: Mapping[str, Any], variables: Mappi
     keep_fraction = model_opts["keep_fraction"]
     image_shape = tuple(int(d) for d in image_shape)
     order = probe.prunable_layers(build_model(model_name, model_opts), image_shape)
+    # exact: _set_training_alphas replaces every alpha, so layer_tickets need not compute it.
     lts = layer_tickets(variables.get("params"), variables.get("frozen"), keep_fraction,
-                        model_opts.get("pruning", "layerwise"), order=order)
+                        model_opts.get("pruning", "layerwise"), order=order, alpha=not exact)
     if exact:
         _set_training_alphas(lts, model_name, model_opts, variables, image_shape, order)
     info = dict(metrics=_metrics_json(metrics), bn_dtype=bn_dtype, extra=dict(extra or {}))

@@ -126,8 +126,9 @@ def probe_layers(ticket: Ticket, batch: int = 2, seed: int = 0) -> dict[str, dic
             model.apply(variables, x, train=False)
         return flags
 
-    x = jax.random.normal(jax.random.key(seed), (batch, *ticket.image_shape), jnp.float32)
-    flags = jax.jit(run)(variables, x)
+    # Drawn in NumPy: an eager jax.random draw would compile a program per image shape.
+    x = np.random.default_rng(seed).standard_normal((batch, *ticket.image_shape))
+    flags = jax.jit(run)(variables, x.astype(np.float32))
     return {k: dict(v, binary_input=bool(flags[k])) for k, v in static.items()}
 
 

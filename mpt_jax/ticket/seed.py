@@ -56,7 +56,11 @@ _INIT_CACHE: dict = {}
 
 def init_variables(model_name: str, model_opts: Mapping[str, Any], image_shape, key):
     """``model.init({'params': key}, zeros((1, *image_shape)), train=False)`` under jit, as
-    training creates its state; the compiled function is cached per model."""
+    training creates its state; the compiled function is cached per model. A raw uint32 key
+    is wrapped as a typed key of the default PRNG (the same random stream), so that the
+    training key and the key a seed ticket rebuilds share one compiled init."""
+    if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
     cache_key = options_key(model_name, model_opts, image_shape)
     fn = _INIT_CACHE.get(cache_key)
     if fn is None:
