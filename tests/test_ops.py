@@ -77,12 +77,16 @@ def _draw(shape, seed, integer_scores=False):
     return w, s, g
 
 
-# The kernel (a Python-float keep fraction, static) and its pullback as one compiled
-# program: op by op, every primitive of every new shape would be compiled on its own.
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _jit_vjp(fn, w, s, k, g):
-    out, pullback = jax.vjp(lambda w_, s_: fn(w_, s_, k), w, s)
-    return (out, *pullback(g))
+# Both top-k kernels (a Python-float keep fraction, static) and their pullbacks as one
+# compiled program per (shape, k), shared by the biprop and edge-popup tests: op by op,
+# every primitive of every new shape would be compiled on its own.
+@functools.partial(jax.jit, static_argnums=2)
+def _jit_vjps(w, s, k, g):
+    found = {}
+    for fn in (ops.biprop_kernel, ops.edgepopup_kernel):
+        out, pullback = jax.vjp(lambda w_, s_, fn=fn: fn(w_, s_, k), w, s)
+        found[fn.__name__] = (out, *pullback(g))
+    return found
 
 
 # The Python-float keep fraction is static (the host count); the float32 array is traced
@@ -92,7 +96,8 @@ _biprop_traced_k = jax.jit(ops.biprop_kernel)
 
 
 def _vjp(fn, w, s, k, g):
-    out, dw, ds = _jit_vjp(fn, jnp.asarray(w), jnp.asarray(s), k, jnp.asarray(g))
+    found = _jit_vjps(jnp.asarray(w), jnp.asarray(s), k, jnp.asarray(g))
+    out, dw, ds = found[fn.__name__]
     return np.asarray(out), np.asarray(dw), np.asarray(ds)
 
 
@@ -389,6 +394,13 @@ def _global_leaves(seed, integer_scores=False):
     return leaves, weights
 
 
+@jax.jit  # one program per layer shape, shared by the parametrisations
+def _threshold_vjp(w, s, tau, g):
+    """threshold_kernel of one layer, its pullback of g, and the edge-popup kernel."""
+    out, pullback = jax.vjp(lambda w_, s_, t_: ops.threshold_kernel(w_, s_, t_), w, s, tau)
+    return (out, *pullback(g), ops.threshold_kernel(w, s, tau, binarize=False))
+
+
 @pytest.mark.parametrize("k", [0.2, 0.5, 0.73, 0.05])
 @pytest.mark.parametrize("integer_scores", [False, True])
 def test_global_threshold_and_per_layer_kernels(k, integer_scores):
@@ -399,14 +411,12 @@ def test_global_threshold_and_per_layer_kernels(k, integer_scores):
     total_kept = 0
     for w, s in zip(weights, leaves):
         g = np.random.default_rng(20).standard_normal(w.shape).astype(np.float32)
-        out, pullback = jax.vjp(lambda w_, s_, t_: ops.threshold_kernel(w_, s_, t_),
-                                jnp.asarray(w), jnp.asarray(s), tau)
-        dw, ds, dtau = pullback(jnp.asarray(g))
+        out, dw, ds, dtau, out_e = _threshold_vjp(jnp.asarray(w), jnp.asarray(s), tau,
+                                                  jnp.asarray(g))
         np.testing.assert_allclose(np.asarray(out), ref_threshold_kernel(w, s, tau_ref), rtol=2e-6)
         np.testing.assert_allclose(np.asarray(ds), ref_score_grad(w, s, g), rtol=1e-6)
         np.testing.assert_array_equal(np.asarray(dw), 0.0)
         assert float(dtau) == 0.0
-        out_e = ops.threshold_kernel(jnp.asarray(w), jnp.asarray(s), tau, binarize=False)
         np.testing.assert_array_equal(np.asarray(out_e),
                                       ref_threshold_kernel(w, s, tau_ref, False).astype(np.float32))
         total_kept += int((np.abs(s) > tau_ref).sum())
