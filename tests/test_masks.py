@@ -184,7 +184,8 @@ def test_rule_from_config_and_precompute(monkeypatch):
               "dense": {"scores": random_tree(3, False)["f"]}}
     assert masks.TopK().precompute(params, 0.3) == {}
     assert masks.GlobalThreshold().precompute(params, 0.3) == {}
-    found = masks.BatchedTopK("compare").precompute(params, 0.3)
+    # Jitted as in the training step (op by op, every primitive would compile on its own).
+    found = jax.jit(masks.BatchedTopK("compare").precompute, static_argnums=1)(params, 0.3)
     assert set(found) == {"masks"} and set(found["masks"]) == {"conv", "dense"}
     for name in ("conv", "dense"):
         np.testing.assert_array_equal(np.asarray(found["masks"][name]["mask"]),
