@@ -38,9 +38,16 @@ def random_tree(seed: int, ties: bool):
     return jax.tree.map(make, shapes, is_leaf=lambda s: isinstance(s, tuple))
 
 
+# Compiled once per (shapes, keep fraction, method, block) and shared by the tests and
+# their parametrisations; op by op, every primitive of every leaf shape compiles on its own.
+_layer_masks = jax.jit(masks.layer_masks, static_argnums=(1, 2, 3))
+# The per-layer top-k of one leaf, its kept count traced: one compile per leaf shape.
+_topk_of_abs = jax.jit(lambda x, kept: ops.topk_mask(jnp.abs(x), kept))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_layer_masks_equal_per_layer_topk(method):
-    fn = jax.jit(masks.layer_masks, static_argnums=(1, 2, 3))
+    fn = _layer_masks
     trees = {False: random_tree(0, False), True: random_tree(1, True)}
     # block 7: layers span many blocks and the tie cut falls inside a block.
     for ties, keep, block in ((False, 0.2, masks.BLOCK), (True, 0.5, 7), (True, 1.0, 7),
@@ -55,18 +62,18 @@ def test_layer_masks_equal_per_layer_topk(method):
                                           err_msg=f"{method} {keep} {block} {x.shape}")
             kept = ops.kept_count(x.size, keep)
             np.testing.assert_array_equal(
-                np.asarray(m), np.asarray(ops.topk_mask(jnp.abs(x), kept)))
+                np.asarray(m), np.asarray(_topk_of_abs(x, jnp.int32(kept))))
 
 
 def test_layer_masks_all_equal_scores_and_bf16_input():
     # Every entry tied: the kept set is the lowest flat indices.
     tree = [jnp.full((5000,), 0.25, jnp.float32), jnp.zeros((9,), jnp.float32)]
     for method in ("compare", "radix_many"):
-        out = masks.layer_masks(tree, 0.3, method)
+        out = _layer_masks(tree, 0.3, method, masks.BLOCK)
         for x, m in zip(tree, out):
             np.testing.assert_array_equal(np.asarray(m), numpy_topk(np.asarray(x), 0.3))
     x = jnp.asarray(np.random.default_rng(3).standard_normal((40, 9)), jnp.bfloat16)
-    m = masks.layer_masks({"s": x}, 0.25)["s"]
+    m = jax.jit(masks.layer_masks, static_argnums=1)({"s": x}, 0.25)["s"]  # default method
     np.testing.assert_array_equal(np.asarray(m),
                                   numpy_topk(np.asarray(x.astype(jnp.float32)), 0.25))
 
@@ -177,7 +184,8 @@ def test_rule_from_config_and_precompute(monkeypatch):
               "dense": {"scores": random_tree(3, False)["f"]}}
     assert masks.TopK().precompute(params, 0.3) == {}
     assert masks.GlobalThreshold().precompute(params, 0.3) == {}
-    found = masks.BatchedTopK("compare").precompute(params, 0.3)
+    # Jitted as in the training step (op by op, every primitive would compile on its own).
+    found = jax.jit(masks.BatchedTopK("compare").precompute, static_argnums=1)(params, 0.3)
     assert set(found) == {"masks"} and set(found["masks"]) == {"conv", "dense"}
     for name in ("conv", "dense"):
         np.testing.assert_array_equal(np.asarray(found["masks"][name]["mask"]),
@@ -212,16 +220,17 @@ def test_batched_masks_take_traced_counts_under_vmap(method):
     tree = random_tree(1, ties=True)
     params = jax.tree.map(lambda x: {"scores": x}, tree)
     keeps = (0.6, 0.2, 1.0)
-    counts = jax.tree.map(lambda *c: jnp.stack(c),
+    counts = jax.tree.map(lambda *c: np.stack(c),  # host int32: nothing to compile
                           *[masks.kept_counts(params, k) for k in keeps])
     fn = jax.jit(jax.vmap(lambda kept: masks.params_masks(params, 0.5, method, 7, kept)))
-    found = fn(counts)
-    for i, keep in enumerate(keeps):
-        static = masks.params_masks(params, keep, method, 7)
+    found = jax.tree.map(np.asarray, fn(counts))
+    # The static path of every keep fraction in one program (one compile per method).
+    statics = jax.jit(lambda p: [masks.params_masks(p, k, method, 7) for k in keeps])(params)
+    for i, (keep, static) in enumerate(zip(keeps, statics)):
         for x, m, s in zip(jax.tree.leaves(params), jax.tree.leaves(found),
                            jax.tree.leaves(static)):
-            np.testing.assert_array_equal(np.asarray(m[i]), np.asarray(s))
-            np.testing.assert_array_equal(np.asarray(m[i]), numpy_topk(np.asarray(x), keep))
+            np.testing.assert_array_equal(m[i], np.asarray(s))
+            np.testing.assert_array_equal(m[i], numpy_topk(np.asarray(x), keep))
 
 
 def test_layer_reads_its_count_from_the_kept_collection():
@@ -231,20 +240,22 @@ def test_layer_reads_its_count_from_the_kept_collection():
 
     layer = layers.BipropDense(features=10, options=layers.KernelOptions(keep_fraction=0.5))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16)), jnp.float32)
-    variables = layer.init(jax.random.PRNGKey(0), x)
+    variables = jax.jit(layer.init)(jax.random.PRNGKey(0), x)  # one compile, not one per op
     keeps = (0.6, 0.25)
-    counts = jax.tree.map(lambda *c: jnp.stack(c),
+    counts = jax.tree.map(lambda *c: np.stack(c),  # host int32: nothing to compile
                           *[masks.kept_counts(variables["params"], k) for k in keeps])
-    out = jax.jit(jax.vmap(lambda kept: layer.apply({**variables, masks.KEPT: kept}, x)))(counts)
+    out = np.asarray(jax.jit(jax.vmap(
+        lambda kept: layer.apply({**variables, masks.KEPT: kept}, x)))(counts))
     for i, keep in enumerate(keeps):
         alone = layers.BipropDense(features=10, options=layers.KernelOptions(keep_fraction=keep))
         # A vmapped matmul may round differently (1 ulp); another kept set would not be close.
-        np.testing.assert_allclose(np.asarray(out[i]), np.asarray(alone.apply(variables, x)),
+        np.testing.assert_allclose(out[i],
+                                   np.asarray(jax.jit(alone.apply)(variables, x)),
                                    rtol=1e-6, atol=1e-6)
     # The float64 reference of member 0's kernel: alpha * sign(W) * M over 96 kept entries.
     w = np.asarray(variables["frozen"]["weight"], np.float64)
     m = numpy_topk(np.asarray(variables["params"]["scores"]), 0.6)
     assert m.sum() == 96
     kernel = np.abs(w)[m].sum() / 96 * np.sign(w) * m
-    np.testing.assert_allclose(np.asarray(out[0]), np.asarray(x, np.float64) @ kernel,
+    np.testing.assert_allclose(out[0], np.asarray(x, np.float64) @ kernel,
                                rtol=1e-5, atol=1e-6)

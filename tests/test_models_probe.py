@@ -41,10 +41,13 @@ def test_abstract_variables_compute_nothing():
 
 
 def test_intercept_layers_records_and_replaces():
+    # Every apply is jitted with the interceptor inside the traced function, as the package
+    # uses it (mpt_jax/ticket): the layers are intercepted while tracing, and each program
+    # compiles once instead of once per eager op.
     model = _Unsorted()
     x = jax.random.normal(jax.random.key(1), (2, 2, 2, 1))
-    variables = model.init({"params": jax.random.key(0)}, x)
-    plain = model.apply(variables, x)
+    variables = jax.jit(model.init)({"params": jax.random.key(0)}, x)
+    plain = jax.jit(model.apply)(variables, x)
     assert not np.array_equal(np.asarray(plain[0]), np.asarray(plain[1]))
     seen = []
 
@@ -53,14 +56,26 @@ def test_intercept_layers_records_and_replaces():
         out = call(*args, **kwargs)
         return jnp.zeros_like(out) if module.name == "b" else out
 
-    with probe.intercept_layers(zero_b):
-        out = model.apply(variables, x)
+    @jax.jit
+    def intercepted(v, x_):
+        with probe.intercept_layers(zero_b):
+            return model.apply(v, x_)
+
+    out = intercepted(variables, x)
     assert seen == [("b", (2, 4), True), ("a2", (2, 6), True), ("a10", (2, 4), True)]
     # "b" outputs zeros, so everything after it sees the same input for both examples.
     np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(out[1]))
-    np.testing.assert_array_equal(np.asarray(model.apply(variables, x)), np.asarray(plain))
+    # A fresh trace after the block: the interceptor is gone.
+    after = jax.jit(lambda v, x_: model.apply(v, x_))(variables, x)
+    np.testing.assert_array_equal(np.asarray(after), np.asarray(plain))
+    assert len(seen) == 3
     kernels = []
-    with probe.intercept_layers(lambda m, call, a, k: kernels.append(m.name) or call(*a, **k),
-                                method="effective_kernel"):
-        model.apply(variables, x)
+
+    @jax.jit
+    def record_kernels(v, x_):
+        with probe.intercept_layers(lambda m, call, a, k: kernels.append(m.name) or call(*a, **k),
+                                    method="effective_kernel"):
+            return model.apply(v, x_)
+
+    record_kernels(variables, x)
     assert kernels == ["b", "a2", "a10"]

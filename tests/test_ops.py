@@ -5,6 +5,7 @@ set is the head of a stable descending argsort of |s|, alpha the mean |W| over i
 gradient sign(s) * W * G. All calls go through the public ops (biprop_kernel, topk_mask, ...) so
 they also check whatever mpt_jax.select uses to find the threshold.
 """
+import functools
 import math
 
 import chex
@@ -76,9 +77,27 @@ def _draw(shape, seed, integer_scores=False):
     return w, s, g
 
 
+# Both top-k kernels (a Python-float keep fraction, static) and their pullbacks as one
+# compiled program per (shape, k), shared by the biprop and edge-popup tests: op by op,
+# every primitive of every new shape would be compiled on its own.
+@functools.partial(jax.jit, static_argnums=2)
+def _jit_vjps(w, s, k, g):
+    found = {}
+    for fn in (ops.biprop_kernel, ops.edgepopup_kernel):
+        out, pullback = jax.vjp(lambda w_, s_, fn=fn: fn(w_, s_, k), w, s)
+        found[fn.__name__] = (out, *pullback(g))
+    return found
+
+
+# The Python-float keep fraction is static (the host count); the float32 array is traced
+# (the count on device). Module level, so parametrisations of one size share compiles.
+_biprop_static_k = jax.jit(ops.biprop_kernel, static_argnums=2)
+_biprop_traced_k = jax.jit(ops.biprop_kernel)
+
+
 def _vjp(fn, w, s, k, g):
-    out, pullback = jax.vjp(lambda w_, s_: fn(w_, s_, k), jnp.asarray(w), jnp.asarray(s))
-    dw, ds = pullback(jnp.asarray(g))
+    found = _jit_vjps(jnp.asarray(w), jnp.asarray(s), k, jnp.asarray(g))
+    out, dw, ds = found[fn.__name__]
     return np.asarray(out), np.asarray(dw), np.asarray(ds)
 
 
@@ -130,6 +149,7 @@ def test_one_weight_kept_is_the_largest_score():
     k = 1.0 / (2 * math.prod(shape))
     assert ref_kept(math.prod(shape), k) == 1
     w, s, _ = _draw(shape, seed=3)
+    # Eager on purpose (op by op, no jit): the other kernel tests compile whole programs.
     out = np.asarray(ops.biprop_kernel(jnp.asarray(w), jnp.asarray(s), k))
     (idx,) = np.flatnonzero(out)
     assert idx == np.argmax(np.abs(s))
@@ -140,7 +160,7 @@ def test_ties_keep_above_threshold_then_lowest_indices():
     # |s| in {0, 1, 2}: 4 entries of 2, then six 1s for 6 slots -> ties resolved by index.
     s = np.array([1, 0, 2, -1, 1, 2, -2, 0, 1, -1, 1, 2, 0, -1, 1, 0], np.float32)
     kept = 8
-    m = np.asarray(ops.topk_mask(jnp.abs(jnp.asarray(s)), kept))
+    m = np.asarray(jax.jit(ops.topk_mask, static_argnums=1)(jnp.abs(jnp.asarray(s)), kept))
     want = np.zeros(16, bool)
     want[[2, 5, 6, 11]] = True  # |s| = 2 (strictly above the threshold 1)
     want[[0, 3, 4, 8]] = True  # first-indexed |s| = 1 entries
@@ -157,12 +177,12 @@ def test_spec_9_2_kept_counts_and_alpha_divisor(n, k, kept):
     # floor(k n) divisor would give kept / floor(k n) (e.g. 346/345).
     w = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
     s = rng.standard_normal(n).astype(np.float32)
-    out = np.asarray(ops.biprop_kernel(jnp.asarray(w), jnp.asarray(s), k))
+    out = np.asarray(_biprop_static_k(jnp.asarray(w), jnp.asarray(s), k))
     assert int(np.count_nonzero(out)) == kept
     np.testing.assert_array_equal(np.abs(out[out != 0]), 1.0)
     # Non-constant |W|: alpha = sum over kept / kept count.
     w2 = rng.uniform(0.5, 1.5, n).astype(np.float32)
-    out2 = np.asarray(ops.biprop_kernel(jnp.asarray(w2), jnp.asarray(s), k))
+    out2 = np.asarray(_biprop_static_k(jnp.asarray(w2), jnp.asarray(s), k))
     m = ref_mask(s, kept)
     np.testing.assert_allclose(out2[m][0], w2.astype(np.float64)[m].sum() / kept, rtol=1e-6)
 
@@ -211,8 +231,13 @@ def test_vmap_over_batched_scores():
     s[2] = np.round(s[2] * 2)  # one member with ties
     g = rng.standard_normal(s.shape).astype(np.float32)
     k = 0.4
-    out, pullback = jax.vjp(jax.vmap(lambda s_: ops.biprop_kernel(w, s_, k)), jnp.asarray(s))
-    (ds,) = pullback(jnp.asarray(g))
+
+    @jax.jit  # one program instead of one compile per eager primitive
+    def vmapped_vjp(s_, g_):
+        out_, pullback = jax.vjp(jax.vmap(lambda si: ops.biprop_kernel(w, si, k)), s_)
+        return out_, pullback(g_)[0]
+
+    out, ds = vmapped_vjp(jnp.asarray(s), jnp.asarray(g))
     for b in range(5):
         np.testing.assert_allclose(np.asarray(out[b]), ref_biprop(w, s[b], k)[0], rtol=2e-6)
         np.testing.assert_allclose(np.asarray(ds[b]), ref_score_grad(w, s[b], g[b]), rtol=1e-6)
@@ -221,7 +246,7 @@ def test_vmap_over_batched_scores():
 def test_vmap_over_keep_fractions():
     w, s, _ = _draw((6, 10), seed=14)
     ks = [0.25, 0.5, 0.75, 1.0]  # exact in float32, so the float32 count is the float64 one
-    out = jax.vmap(lambda k: ops.biprop_kernel(w, s, k))(jnp.asarray(ks, jnp.float32))
+    out = jax.jit(jax.vmap(lambda k: ops.biprop_kernel(w, s, k)))(jnp.asarray(ks, jnp.float32))
     for i, k in enumerate(ks):
         np.testing.assert_allclose(np.asarray(out[i]), ref_biprop(w, s, k)[0], rtol=2e-6)
 
@@ -232,9 +257,8 @@ def test_traced_float32_keep_fraction_matches_python_float(n, k):
     rng = np.random.default_rng(n)
     w = rng.standard_normal(n).astype(np.float32)
     s = rng.standard_normal(n).astype(np.float32)
-    want = np.asarray(ops.biprop_kernel(w, s, k))
-    f = jax.jit(ops.biprop_kernel)
-    got = np.asarray(f(w, s, jnp.float32(k)))
+    want = np.asarray(_biprop_static_k(w, s, k))
+    got = np.asarray(_biprop_traced_k(w, s, jnp.float32(k)))
     np.testing.assert_array_equal(got, want)
     assert int(np.count_nonzero(got)) == ref_kept(n, k)
 
@@ -248,9 +272,9 @@ def test_traced_float32_keep_fraction_documented_one_off():
     assert (ref_kept(n, k), f32_formula) == (55, 54)
     s = np.random.default_rng(0).standard_normal(n).astype(np.float32)
     w = np.ones(n, np.float32)
-    got = jax.jit(ops.biprop_kernel)(w, s, jnp.float32(k))
-    assert int(jnp.count_nonzero(got)) == f32_formula
-    assert int(jnp.count_nonzero(ops.biprop_kernel(w, s, k))) == ref_kept(n, k)
+    got = _biprop_traced_k(w, s, jnp.float32(k))
+    assert int(np.count_nonzero(np.asarray(got))) == f32_formula
+    assert int(np.count_nonzero(np.asarray(_biprop_static_k(w, s, k)))) == ref_kept(n, k)
 
 
 def test_traced_float64_keep_fraction_matches_host_formula(x64):
@@ -370,6 +394,13 @@ def _global_leaves(seed, integer_scores=False):
     return leaves, weights
 
 
+@jax.jit  # one program per layer shape, shared by the parametrisations
+def _threshold_vjp(w, s, tau, g):
+    """threshold_kernel of one layer, its pullback of g, and the edge-popup kernel."""
+    out, pullback = jax.vjp(lambda w_, s_, t_: ops.threshold_kernel(w_, s_, t_), w, s, tau)
+    return (out, *pullback(g), ops.threshold_kernel(w, s, tau, binarize=False))
+
+
 @pytest.mark.parametrize("k", [0.2, 0.5, 0.73, 0.05])
 @pytest.mark.parametrize("integer_scores", [False, True])
 def test_global_threshold_and_per_layer_kernels(k, integer_scores):
@@ -380,14 +411,12 @@ def test_global_threshold_and_per_layer_kernels(k, integer_scores):
     total_kept = 0
     for w, s in zip(weights, leaves):
         g = np.random.default_rng(20).standard_normal(w.shape).astype(np.float32)
-        out, pullback = jax.vjp(lambda w_, s_, t_: ops.threshold_kernel(w_, s_, t_),
-                                jnp.asarray(w), jnp.asarray(s), tau)
-        dw, ds, dtau = pullback(jnp.asarray(g))
+        out, dw, ds, dtau, out_e = _threshold_vjp(jnp.asarray(w), jnp.asarray(s), tau,
+                                                  jnp.asarray(g))
         np.testing.assert_allclose(np.asarray(out), ref_threshold_kernel(w, s, tau_ref), rtol=2e-6)
         np.testing.assert_allclose(np.asarray(ds), ref_score_grad(w, s, g), rtol=1e-6)
         np.testing.assert_array_equal(np.asarray(dw), 0.0)
         assert float(dtau) == 0.0
-        out_e = ops.threshold_kernel(jnp.asarray(w), jnp.asarray(s), tau, binarize=False)
         np.testing.assert_array_equal(np.asarray(out_e),
                                       ref_threshold_kernel(w, s, tau_ref, False).astype(np.float32))
         total_kept += int((np.abs(s) > tau_ref).sum())

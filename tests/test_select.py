@@ -5,6 +5,8 @@ off changes the kept set, and the select must give exactly the kept set of the s
 included (docs/method.md#the-mask-layerwise-top-k-on-s). The benchmark-only variants are
 tested in test_select_variants.py.
 """
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -143,11 +145,15 @@ def test_vmap_over_layers_and_k():
     stacked[1, :150] = 0.5  # a tie-heavy row
     ks = np.array([1, 150, 200, 300], np.int32)
     for impl in IMPLS:
-        got = jax.vmap(FUNCS[impl])(jnp.asarray(stacked), jnp.asarray(ks))
+        @jax.jit  # thresholds and masks in one program (op by op: a compile per primitive)
+        def vmapped(v, k):
+            return (jax.vmap(FUNCS[impl])(v, k),
+                    jax.vmap(lambda v_, k_: select.topk_mask(v_, k_, impl))(v, k))
+
+        got, masks = vmapped(jnp.asarray(stacked), jnp.asarray(ks))
         want = [_ref(stacked[i], int(ks[i])) for i in range(4)]
         np.testing.assert_array_equal(np.asarray(got, np.float64), want)
-        masks = np.asarray(jax.vmap(lambda v, k: select.topk_mask(v, k, impl))(
-            jnp.asarray(stacked), jnp.asarray(ks)))
+        masks = np.asarray(masks)
         for row, k, mask in zip(stacked, ks, masks):  # stable descending sort's top k
             want = np.zeros(row.size, bool)
             want[np.argsort(-row.astype(np.float64), kind="stable")[:k]] = True
@@ -219,14 +225,24 @@ def test_topk_mask_kept_set_identical_to_sort(kind):
                                   np.asarray(select.topk_mask(jnp.asarray(values), 700)))
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _radix_thresholds(arrays, k0, k1, digits, copies):
+    """The radix select of arrays[0] alone (k0) and of both arrays at once (k0, k1), with
+    the given digit plan and histogram copies: one compiled program per knob setting (the
+    ks are traced, so they share it)."""
+    single = select.kth_largest_radix(arrays[0], k0, digits=digits, copies=copies)
+    many = select.kth_largest_many(arrays, [k0, k1], "radix", digits=digits, copies=copies)
+    return single, many
+
+
 def test_histogram_copies_give_identical_results():
     # The GPU default privatises the histogram into 32 copies; same answers on CPU.
     values = _make("ties", 5000, np.random.default_rng(9))
     for k in [1, 1234, 5000]:
-        assert float(select.kth_largest_radix(jnp.asarray(values), k, copies=32)) == \
-            _ref(values, k)
-        got = select.kth_largest_many([jnp.asarray(values)] * 2, [k, k], "radix", copies=32)
-        assert [float(x) for x in got] == [_ref(values, k)] * 2
+        single, many = _radix_thresholds([jnp.asarray(values)] * 2, jnp.int32(k), jnp.int32(k),
+                                         select.SCATTER_DIGITS, 32)
+        assert float(single) == _ref(values, k)
+        assert [float(x) for x in many] == [_ref(values, k)] * 2
     with pytest.raises(ValueError, match="copies"):
         select.kth_largest_radix(jnp.asarray(values), 1, copies=0)
 
@@ -239,12 +255,10 @@ def test_scatter_digit_plans_give_identical_results(digits):
     other = _make("uniform", 777, np.random.default_rng(12))
     for copies in (1, 4):
         for k in [1, 1234, 5000]:
-            got = select.kth_largest_radix(jnp.asarray(values), k, digits=digits, copies=copies)
-            assert float(got) == _ref(values, k)
-            got = select.kth_largest_many([jnp.asarray(values), jnp.asarray(other)],
-                                          [k, min(k, 777)], "radix", digits=digits,
-                                          copies=copies)
-            assert [float(x) for x in got] == [_ref(values, k), _ref(other, min(k, 777))]
+            single, many = _radix_thresholds([jnp.asarray(values), jnp.asarray(other)],
+                                             jnp.int32(k), jnp.int32(min(k, 777)), digits, copies)
+            assert float(single) == _ref(values, k)
+            assert [float(x) for x in many] == [_ref(values, k), _ref(other, min(k, 777))]
 
 
 @pytest.mark.parametrize("bad", [(16, 16), (11, 10), (17, 14), (0, 31)])

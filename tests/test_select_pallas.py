@@ -91,10 +91,13 @@ def test_knobs_do_not_change_the_thresholds(digits, chunk, group):
               [("ties", 300), ("uniform", 1), ("wide", 257), ("denormal", 64)]]
     ks = [150, 1, 200, 64]
     layout = select_blocks.BlockLayout([x.size for x in leaves], 128)
-    blocked = select_blocks.blocked_codes(
-        [select_blocks.abs_codes(jnp.asarray(x)) for x in leaves], layout)
-    t, above = select_pallas.pallas_thresholds(blocked, layout, jnp.asarray(ks), digits, chunk,
-                                               group)
+
+    @jax.jit  # one program per knob setting (op by op, every primitive compiles alone)
+    def thresholds(xs, kvec):
+        blocked = select_blocks.blocked_codes([select_blocks.abs_codes(x) for x in xs], layout)
+        return select_pallas.pallas_thresholds(blocked, layout, kvec, digits, chunk, group)
+
+    t, above = thresholds([jnp.asarray(x) for x in leaves], jnp.asarray(ks))
     for i, (x, k) in enumerate(zip(leaves, ks)):
         assert int(t[i]) == kth_code(x, k)
         codes = np.abs(x).view(np.int32)

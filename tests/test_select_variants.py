@@ -88,7 +88,7 @@ def test_radix_compare_large_layer_traced_k_and_arguments():
     clamped = jax.jit(radix_compare)
     assert float(clamped(jnp.asarray([3.0, 1.0, 2.0]), jnp.int32(0))) == 3.0
     assert float(clamped(jnp.asarray([3.0, 1.0, 2.0]), jnp.int32(9))) == 1.0
-    g = jax.grad(lambda v: radix_compare(v, 10) * 2.0)(jnp.asarray(values[:50]))
+    g = jax.jit(jax.grad(lambda v: radix_compare(v, 10) * 2.0))(jnp.asarray(values[:50]))
     assert np.all(np.isfinite(np.asarray(g)))
 
 
@@ -111,6 +111,12 @@ def test_radix_compare_kept_set_identical_to_sort(kind):
         np.testing.assert_array_equal(np.asarray(got), want)
 
 
+# Python int k (static) as whole programs, shared by the parametrisations (op by op,
+# every primitive would compile on its own).
+_kept_mask_static_k = jax.jit(select_variants.kept_mask, static_argnums=(1, 2))
+_topk_mask_static_k = jax.jit(select.topk_mask, static_argnums=1)
+
+
 @pytest.mark.parametrize("impl", ["sort", "radix", "radix_compare", "auto"])
 @pytest.mark.parametrize("kind", ["uniform", "ties", "zeros"])
 def test_kept_mask_is_the_stable_sort_top_k(kind, impl):
@@ -129,8 +135,8 @@ def test_kept_mask_is_the_stable_sort_top_k(kind, impl):
         np.testing.assert_array_equal(np.asarray(mask_fn(jnp.asarray(values), jnp.int32(k))),
                                       _stable_top(values, k))
     np.testing.assert_array_equal(  # and the same as select.topk_mask, for a Python int k
-        np.asarray(select_variants.kept_mask(jnp.asarray(values), 700, impl)),
-        np.asarray(select.topk_mask(jnp.asarray(values), 700)))
+        np.asarray(_kept_mask_static_k(jnp.asarray(values), 700, impl)),
+        np.asarray(_topk_mask_static_k(jnp.asarray(values), 700)))
 
 
 def test_kept_mask_under_vmap():
@@ -139,7 +145,7 @@ def test_kept_mask_under_vmap():
     stacked[1, :150] = 0.5
     ks = np.array([1, 150, 200, 300], np.int32)
     for impl in ("sort", "radix", "radix_compare"):
-        found = np.asarray(jax.vmap(lambda v, k: select_variants.kept_mask(v, k, impl))(
+        found = np.asarray(jax.jit(jax.vmap(lambda v, k: select_variants.kept_mask(v, k, impl)))(
             jnp.asarray(stacked), jnp.asarray(ks)))
         for row, k, mask in zip(stacked, ks, found):
             np.testing.assert_array_equal(mask, _stable_top(row, k))
