@@ -15,7 +15,9 @@ from mpt_jax.errors import CheckpointError
 
 from test_resume import config, ds, records, snapshot, without_wall  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")  # conftest.py
+# Whole runs in this process, each from its data to its result files; compilation_cache:
+# conftest.py.
+pytestmark = [pytest.mark.end_to_end, pytest.mark.usefixtures("compilation_cache")]
 
 EPOCHS = 2  # checkpoints at the end of each epoch: global steps 7 and 14
 

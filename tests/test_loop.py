@@ -61,6 +61,7 @@ def test_run_state_global_step():
 # Hooks: faults in an in-process run
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_nan_step_stops_with_the_last_good_checkpoint(tmp_path):
     ds = TinyDataset(parallel.make_mesh())
     seen = []
@@ -81,6 +82,7 @@ def test_nan_step_stops_with_the_last_good_checkpoint(tmp_path):
     assert checkpoint.load_for_inference(workdir)["metrics"]["step"] == 4
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 @pytest.mark.parametrize("stop_at,where", [(3, "epoch 1, step 3 of 6 (global step 3)"),
                                            (6, "epoch 1, step 6 of 6 (global step 6)")])
 def test_sigterm_after_a_step_saves_it_and_the_rerun_ends_like_an_uninterrupted_run(
@@ -115,6 +117,7 @@ def test_sigterm_after_a_step_saves_it_and_the_rerun_ends_like_an_uninterrupted_
     assert evals == [1, 2]
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
     ds = TinyDataset(parallel.make_mesh())
 

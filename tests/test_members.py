@@ -184,6 +184,7 @@ def test_data_seed_defaults_to_seed():
 # Stops: a signal, a kill between members' saves, a non-finite member
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_sigterm_mid_epoch_resumes_to_the_uninterrupted_program(tmp_path):
     mesh = parallel.make_mesh()
     program = tiny_config(checkpoint_every_steps=2)
@@ -222,6 +223,7 @@ def test_sigterm_mid_epoch_resumes_to_the_uninterrupted_program(tmp_path):
         assert evals[0] == evals[1] and [r["epoch"] for r in evals[0]] == [1, 2]
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_a_save_not_every_member_finished_resumes_from_the_one_before(tmp_path):
     """The program was killed after member 0 saved step 4 but before member 1 did: both
     resume from step 2 (the newest step every member saved) and end as if never stopped."""
@@ -250,6 +252,7 @@ def test_a_save_not_every_member_finished_resumes_from_the_one_before(tmp_path):
             r["step"] for r in records(os.path.join(straight, "members", name))]
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_a_nonfinite_member_stops_the_program_naming_it(tmp_path, monkeypatch):
     """Member 1's weights turn NaN before global step 5: the program stops at the next log
     point with exit code 3, names the member, and every member keeps its step-4 checkpoint."""
@@ -313,6 +316,7 @@ def test_bad_member_configs_are_one_line_errors(tmp_path, capsys, args, message)
     assert not workdir.exists()  # refused before anything was written
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_workdirs_of_the_other_kind_are_refused(tmp_path):
     mesh = parallel.make_mesh()
     program = tiny_config(num_epochs=1)

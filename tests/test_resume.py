@@ -84,6 +84,7 @@ def assert_same_logs(workdir, straight):
 
 # Inside the first interval, at its end (a log point), just after it, inside the epoch's last
 # (longer) interval, at the epoch's end (before its evaluation), in the second epoch.
+@pytest.mark.end_to_end  # a whole run in this process
 @pytest.mark.parametrize("stops", [(1,), (3,), (4,), (6,), (7,), (8,), (13,), (2, 5, 10)])
 def test_logs_after_stops_equal_the_uninterrupted_runs(tmp_path, ds, straight, capsys, stops):
     workdir = str(tmp_path / "run")
@@ -114,6 +115,7 @@ class Killed(BaseException):
     """Ends a run at once, like SIGKILL: no checkpoint is written for it."""
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_kill_after_a_checkpoint_inside_a_log_interval(tmp_path, ds, straight):
     """checkpoint_every_steps=2 saves steps 2, 4, ... inside the log intervals; a run killed
     at step 6 resumes from step 4 with the interval's step 4 from the checkpoint."""
@@ -150,6 +152,7 @@ def test_schedule_fields_are_config_fields():
     assert config_fields.BY_NAME["accept_schedule_change"].default is False
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_a_changed_schedule_is_refused_unless_accepted(tmp_path, ds):
     workdir = str(tmp_path / "run")
     loop.train_and_evaluate(config(num_epochs=1), workdir, dataset=ds)

@@ -40,6 +40,7 @@ def test_shipped_ticket_records_how_it_was_found(path):
     assert os.path.basename(path) in (ROOT / "tickets" / "README.md").read_text()
 
 
+@pytest.mark.end_to_end  # the ticket CLI on a converted archive
 @pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
 def test_shipped_ticket_evaluates_on_a_users_test_split(path, tmp_path, capsys, monkeypatch):
     """--config.data_dir=<archive with a test/ split> evaluates on that split."""

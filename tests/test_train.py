@@ -215,6 +215,7 @@ def test_eval_step_counts_each_example_once_with_topk():
 # In-process loop: resume equivalence, fingerprint, early stop
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path, capsys):
     mesh = parallel.make_mesh()
     ds = TinyDataset(mesh)
@@ -234,6 +235,7 @@ def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path, capsys):
     assert again == resumed
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_different_config_in_workdir_is_refused(tmp_path):
     mesh = parallel.make_mesh()
     ds = TinyDataset(mesh)
@@ -247,6 +249,7 @@ def test_different_config_in_workdir_is_refused(tmp_path):
     assert out["keep_fraction"] == 0.3
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_not_learning_early_stop(tmp_path):
     mesh = parallel.make_mesh()
     ds = TinyDataset(mesh, eval_label=9)  # eval labels of a class never trained: top-1 = 0 %
@@ -381,6 +384,7 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
         checkpoint.check_writable(str(blocker / "run"))
 
 
+@pytest.mark.end_to_end  # a whole run in this process
 def test_best_checkpoint_is_the_best_epoch_with_sparse_checkpoints(tmp_path):
     """With checkpoint_every_epochs > 1 the best epoch's state is held on the host and
     written with the next checkpoint: the "best" checkpoint equals the one of a run that
