@@ -69,6 +69,30 @@ def test_digits_source_split_and_scaling():
     np.testing.assert_allclose(src.std, [x.std()], rtol=1e-12)
 
 
+def test_digits_are_read_without_importing_scikit_learn(monkeypatch):
+    """The digits come from scikit-learn's own CSV without its (second-long) import, and the
+    same arrays come from scikit-learn itself where that file is not found."""
+    import builtins  # noqa: PLC0415
+
+    assert sources.sklearn_digits_csv() is not None  # the fast path is the one tested here
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        assert name.split(".")[0] != "sklearn", f"imported {name}"
+        return real_import(name, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "__import__", no_sklearn)
+        fast = sources.load_digits()
+    monkeypatch.setattr(sources, "sklearn_digits_csv", lambda: None)
+    slow = sources.load_digits()
+    for field in ("train_images", "train_labels", "eval_images", "eval_labels", "mean", "std"):
+        a, b = np.asarray(getattr(fast, field)), np.asarray(getattr(slow, field))
+        assert a.dtype == b.dtype, field
+        np.testing.assert_array_equal(a, b, err_msg=field)
+    assert fast.class_names == slow.class_names == tuple("0123456789")
+
+
 # ---------------------------------------------------------------------------------------------
 # the in-memory pipeline
 # ---------------------------------------------------------------------------------------------
