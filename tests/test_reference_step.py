@@ -168,6 +168,11 @@ def reference_alpha(monkeypatch, keep):
     monkeypatch.setattr(ops, "masked_kernel", floor_kn)
 
 
+# Our per-layer top-k of |scores|, compiled once per layer shape (op by op, each of its
+# primitives would compile on its own for every layer).
+_topk_of_abs = jax.jit(lambda s, kept: ops.topk_mask(jnp.abs(s), kept), static_argnums=1)
+
+
 def leaf(tree, path, name):
     node = tree
     for part in path:
@@ -235,8 +240,8 @@ def test_one_step_matches_the_reference(monkeypatch, model, keep, weight_decay, 
     for i, (conv, path, mask) in enumerate(zip(convs, order, masks_before)):
         side_arg = flatten_side if i == first_dense else None
         ours_mask = to_torch_kernel(
-            np.asarray(ops.topk_mask(jnp.abs(jnp.asarray(leaf(state.params, path, "scores"))),
-                                     ops.kept_count(conv.scores.numel(), keep))),
+            np.asarray(_topk_of_abs(leaf(state.params, path, "scores"),
+                                    ops.kept_count(conv.scores.numel(), keep))),
             conv.scores.shape, side_arg)
         np.testing.assert_array_equal(ours_mask != 0, mask, err_msg="/".join(path))
         ours = to_torch_kernel(leaf(new_state.params, path, "scores"), conv.scores.shape, side_arg)
