@@ -54,7 +54,10 @@ else
   DENSE_FLAGS=${DENSE_FLAGS:-"--xla_gpu_force_conv_nhwc=true --xla_gpu_force_conv_nchw=true --xla_gpu_autotune_level=0"}
 fi
 say "=== run_gpu_speed.sh: groups '$GROUPS_', budget ${BUDGET_S}s"
-BENCH="$PY benchmarks/train_step.py --json $OUT/rows.jsonl --batch $BATCH --precision $PREC"
+# --results: the stamped raw rows come back in $OUT (benchmarks/results/ of the device's copy
+# would be lost, and a dry run would write into this checkout).
+BENCH="$PY benchmarks/train_step.py --json $OUT/rows.jsonl --batch $BATCH --precision $PREC \
+  --results $OUT/results_train_step.jsonl"
 
 # ours MODEL MIN_S CAP_S: the four rows of a model; the dry run stands resnet20_cifar in
 # for wrn34_2_binact and conv2 for wrn50_2.

@@ -194,3 +194,25 @@ def test_speed_summary_reads_what_a_cut_short_call_left(tmp_path):
     [r18] = [r for _, body, _ in markdown_tables(text=text) for r in body
              if r[0] == "resnet18_cifar"]
     assert r18[1] == "not measured"
+
+
+def test_gpu_scripts_keep_their_stamped_rows_in_the_returned_folder():
+    """The GPU scripts run in a copy of the checkout of which only $OUT comes back: every
+    benchmark they start that appends stamped rows (benchmarks/results/ by default) is told
+    to write them into $OUT instead, so that nothing is lost there, and a CPU dry run here
+    leaves the checkout as it was."""
+    stamping = [name for name in os.listdir(BENCH) if name.endswith(".py")
+                and "results_log.default_path(" in open(os.path.join(BENCH, name)).read()]
+    assert {"train_step.py", "select_bench.py", "input_pipeline.py"} <= set(stamping)
+    scripts = [os.path.join(d, n) for d in (BENCH, os.path.join(ROOT, "experiments"))
+               for n in sorted(os.listdir(d)) if n.endswith(".sh")]
+    started = 0
+    for script in scripts:
+        with open(script) as f:
+            commands = f.read().replace("\\\n", " ").splitlines()  # one line per command
+        for command in commands:
+            for name in stamping:
+                if re.search(rf"benchmarks/{re.escape(name)}\b", command.split("#")[0]):
+                    started += 1
+                    assert re.search(r"--results[ =]\S*\$OUT/", command), (script, command)
+    assert started >= 3  # run_gpu.sh (train_step, select_bench) and run_gpu_speed.sh
